@@ -1,0 +1,26 @@
+# arserve: `make install` once, then `make serve` or `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install serve test lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+
+serve: install
+	$(BIN)/uvicorn app.main:app --host $${ARSERVE_HOST:-0.0.0.0} --port $${ARSERVE_PORT:-8000}
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,130 @@
+"""The exported-artifact manifest: one schema, written by models/export.py and read by the service.
+
+A model folder holds manifest.json plus the files it lists (with their sha256). Everything the service
+needs to run a model — shapes, vocabulary, state tensors, graph input/output names — is here, so the
+service never guesses and never imports model code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StateTensor(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")
+    shape: list[int | Literal["batch"]]  # "batch" first; the other dims are fixed
+    dtype: Literal["float32", "int64"]
+
+    @model_validator(mode="after")
+    def _batch_first(self):
+        if not self.shape or self.shape[0] != "batch" or "batch" in self.shape[1:]:
+            raise ValueError(f"state tensor {self.name!r}: shape must be ['batch', ...], got {self.shape}")
+        return self
+
+
+class Vocabulary(_Strict):
+    chars: str | None = None  # text: the characters, token i = chars[i]
+    height: int | None = None  # images: x is the raster scan of a height x width image
+    width: int | None = None
+    sample_rate: int | None = None  # audio: 8-bit mu-law tokens at this rate
+    mu: int | None = None
+
+
+class FileEntry(_Strict):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class GraphIO(_Strict):
+    """Input and output names of the exported graphs (ONNX and TorchScript use the same ones)."""
+
+    score_inputs: list[str] = ["x"]
+    score_outputs: list[str] = ["log_prob"]
+    step_inputs: list[str]  # x_prev, pos, then the state tensors in order
+    step_outputs: list[str]  # params, then the new state tensors in order
+
+
+class Manifest(_Strict):
+    format_version: Literal[1] = FORMAT_VERSION
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)
+    family: str
+    modality: Literal["binary_image", "text", "audio", "vector"]
+    description: str = ""
+    length: int = Field(ge=1)  # fixed length D, or the maximum length of variable-length models
+    variable_length: bool
+    shape: list[int]  # shape of one full-length x, e.g. [28, 28] or [256]
+    token_dtype: Literal["int64", "float32"]
+    vocab_size: int | None = Field(ge=2)  # None for continuous data (RNADE)
+    num_params: int = Field(ge=2)  # width of what `step` returns: logits or mixture parameters
+    distribution: Literal["bernoulli", "categorical", "gaussian_mixture"]
+    vocabulary: Vocabulary = Vocabulary()
+    state: list[StateTensor]
+    io: GraphIO
+    files: dict[str, FileEntry]
+    config: dict[str, Any]
+    training: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+    export: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        n = 1
+        for d in self.shape:
+            n *= d
+        if n != self.length:
+            raise ValueError(f"shape {self.shape} holds {n} values but length is {self.length}")
+        if (self.vocab_size is None) != (self.distribution == "gaussian_mixture"):
+            raise ValueError("vocab_size must be null exactly for gaussian_mixture models")
+        if self.modality == "text" and not self.vocabulary.chars:
+            raise ValueError("text models need vocabulary.chars")
+        if self.modality == "text" and len(self.vocabulary.chars) != self.vocab_size:
+            raise ValueError("vocabulary.chars must hold vocab_size characters")
+        if self.modality == "audio" and not (self.vocabulary.sample_rate and self.vocabulary.mu):
+            raise ValueError("audio models need vocabulary.sample_rate and vocabulary.mu")
+        if len(self.io.step_inputs) != 2 + len(self.state) or len(self.io.step_outputs) != 1 + len(self.state):
+            raise ValueError("io.step_inputs/step_outputs must list x_prev, pos / params plus every state tensor")
+        return self
+
+
+class ArtifactError(Exception):
+    """An exported model folder that cannot be trusted: missing files, bad manifest, sha256 mismatch."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_manifest(folder: str | Path, verify: bool = True) -> Manifest:
+    """Read and validate folder/manifest.json; with verify, check every listed file's size and sha256."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{folder}: no {MANIFEST}")
+    try:
+        manifest = Manifest.model_validate(json.loads(path.read_text()))
+    except (ValueError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path}: invalid manifest: {e}") from None
+    if verify:
+        for name, entry in manifest.files.items():
+            f = folder / name
+            if not f.is_file():
+                raise ArtifactError(f"{folder}: manifest lists {name} but the file is missing")
+            if f.stat().st_size != entry.bytes or sha256_file(f) != entry.sha256:
+                raise ArtifactError(f"{f}: sha256 mismatch (the file was changed or corrupted)")
+    return manifest

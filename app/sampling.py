@@ -1,0 +1,63 @@
+"""Sampling: one pure function of (parameters, rng, temperature, top_k, top_p), in numpy.
+
+Shared by the service, the exporter's parity check and the model tests, so that the same seed gives the
+same tokens everywhere. Every draw takes exactly one uniform per row (two for mixtures), so a sample
+depends only on the seed and the parameters, never on how the work was batched or chunked.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def sample_categorical(
+    logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> np.ndarray:
+    """logits [B, V] -> tokens [B] (int64). temperature 0 is greedy; top_k 0 and top_p 1 are off."""
+    logits = np.asarray(logits, dtype=np.float64)
+    u = rng.random(logits.shape[0])  # drawn even when greedy, so that the stream of draws never shifts
+    if temperature == 0:
+        return logits.argmax(axis=-1).astype(np.int64)
+    order = np.argsort(-logits, axis=-1, kind="stable")  # (B, V) most likely first
+    z = np.take_along_axis(logits, order, axis=-1) / temperature
+    p = np.exp(z - z[:, :1])
+    if 0 < top_k < p.shape[1]:
+        p[:, top_k:] = 0.0
+    if top_p < 1.0:
+        cum = np.cumsum(p, axis=-1) / p.sum(axis=-1, keepdims=True)
+        keep = cum - p / p.sum(axis=-1, keepdims=True) < top_p  # the smallest set whose mass reaches top_p
+        p = np.where(keep, p, 0.0)
+    cdf = np.cumsum(p, axis=-1)
+    idx = (cdf < (u * cdf[:, -1])[:, None]).sum(axis=-1)
+    idx = np.minimum(idx, p.shape[1] - 1)
+    return np.take_along_axis(order, idx[:, None], axis=-1)[:, 0].astype(np.int64)
+
+
+def sample_mixture(params: np.ndarray, rng: np.random.Generator, temperature: float = 1.0) -> np.ndarray:
+    """Gaussian-mixture parameters [B, 3K] (logits, means, log stds) -> values [B] (float32).
+
+    temperature scales the standard deviations; 0 returns the mean of the most likely component.
+    """
+    params = np.asarray(params, dtype=np.float64)
+    logit_w, mu, log_sigma = np.split(params, 3, axis=-1)
+    comp = sample_categorical(logit_w, rng, 1.0 if temperature > 0 else 0.0)
+    noise = rng.standard_normal(params.shape[0])
+    rows = np.arange(params.shape[0])
+    value = mu[rows, comp] + temperature * np.exp(log_sigma[rows, comp]) * noise
+    return value.astype(np.float32)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def mixture_log_density(params: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """log density of x [B] under the mixtures [B, 3K]."""
+    params = np.asarray(params, dtype=np.float64)
+    logit_w, mu, log_sigma = np.split(params, 3, axis=-1)
+    z = (np.asarray(x, dtype=np.float64)[:, None] - mu) * np.exp(-log_sigma)
+    comp = log_softmax(logit_w) - 0.5 * z * z - log_sigma - 0.5 * np.log(2 * np.pi)
+    m = comp.max(axis=-1, keepdims=True)
+    return (m + np.log(np.exp(comp - m).sum(axis=-1, keepdims=True)))[:, 0]

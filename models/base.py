@@ -1,0 +1,182 @@
+"""The one contract every arserve model obeys.
+
+An autoregressive model is an exact density p(x) = prod_i p(x_i | x_<i). Every family exposes:
+
+- ``conditionals(x) -> [B, T, P]``: teacher-forced parameters of p(x_i | x_<i) for every position, in one
+  parallel pass. Discrete families return logits (P = vocab_size; Bernoulli families return the two
+  logits [0, l] so that one categorical code path serves them all); RNADE returns mixture parameters.
+- ``log_prob(x) -> [B, T]``: the exact per-position log-probabilities (log-densities for RNADE).
+- ``init_state(batch)`` / ``step(x_prev, pos, state) -> (params [B, P], state)``: one generation step.
+  ``x_prev`` [B] is the token at ``pos - 1`` (ignored where pos == 0), ``pos`` [B] the position being
+  generated, each row at its own position. The state is a flat tuple of tensors, batch first, all
+  zeros initially (declared by ``state_spec``), returned by ``step`` and never stored on the module.
+
+The public methods validate their inputs and raise ``ValueError`` naming the problem; the underscored
+cores (``_conditionals``, ``_step``) do no checks and are what the exporter traces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+State = tuple[Tensor, ...]
+
+
+class ARModel(nn.Module):
+    family: ClassVar[str] = ""
+    config_class: ClassVar[type] = object
+    # "bernoulli" and "categorical" share the logits code path; "gaussian_mixture" is RNADE's.
+    dist: ClassVar[str] = "categorical"
+    # Variable-length models (text, audio) score any 1 <= T <= length; the others need T == length.
+    variable_length: ClassVar[bool] = False
+
+    def __init__(self, config: Any):
+        super().__init__()
+        self.config = config
+
+    # ----- what subclasses provide -------------------------------------------------------------
+
+    @classmethod
+    def tiny_configs(cls) -> list[Any]:
+        """Small configs (first one is the default tiny model) used by tests and checks."""
+        raise NotImplementedError
+
+    def state_spec(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        """(name, shape without the batch dim, dtype) of each state tensor."""
+        raise NotImplementedError
+
+    def _conditionals(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _step(self, x_prev: Tensor, pos: Tensor, state: State) -> tuple[Tensor, State]:
+        raise NotImplementedError
+
+    # ----- the contract ------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def length(self) -> int:
+        return self.config.length
+
+    @property
+    def num_params(self) -> int:
+        """Width of the per-position distribution parameters (logits or mixture parameters)."""
+        return self.vocab_size
+
+    @property
+    def token_dtype(self) -> torch.dtype:
+        return torch.float32 if self.dist == "gaussian_mixture" else torch.long
+
+    def config_dict(self) -> dict:
+        return dataclasses.asdict(self.config)
+
+    def init_state(self, batch_size: int) -> State:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        return tuple(torch.zeros(batch_size, *shape, dtype=dtype) for _, shape, dtype in self.state_spec())
+
+    def conditionals(self, x: Tensor) -> Tensor:
+        self.check_inputs(x)
+        return self._conditionals(x)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        self.check_inputs(x)
+        return params_log_prob(self.dist, self._conditionals(x), x)
+
+    def step(self, x_prev: Tensor, pos: Tensor, state: State) -> tuple[Tensor, State]:
+        self.check_step(x_prev, pos, state)
+        return self._step(x_prev, pos, state)
+
+    # ----- validation: loud, specific errors ---------------------------------------------------
+
+    def check_inputs(self, x: Tensor) -> None:
+        if x.dim() != 2:
+            raise ValueError(f"x must be [batch, length], got shape {tuple(x.shape)}")
+        B, T = x.shape
+        if B < 1:
+            raise ValueError("x is an empty batch")
+        if T > self.length:
+            raise ValueError(f"sequence length {T} exceeds the model's length {self.length}")
+        if not self.variable_length and T != self.length:
+            raise ValueError(f"{self.family} needs sequences of exactly length {self.length}, got {T}")
+        if T < 1:
+            raise ValueError("sequences must hold at least one token")
+        if x.dtype != self.token_dtype:
+            raise ValueError(f"x must have dtype {self.token_dtype}, got {x.dtype}")
+        if self.token_dtype == torch.long:
+            bad = (x < 0) | (x >= self.vocab_size)
+            if bad.any():
+                b, t = (int(v) for v in bad.nonzero()[0])
+                raise ValueError(
+                    f"token {int(x[b, t])} at batch {b}, position {t} is outside the vocabulary "
+                    f"[0, {self.vocab_size})"
+                )
+        elif not torch.isfinite(x).all():
+            raise ValueError("x holds NaN or infinite values")
+
+    def check_step(self, x_prev: Tensor, pos: Tensor, state: State) -> None:
+        spec = self.state_spec()
+        if x_prev.dim() != 1 or pos.dim() != 1 or x_prev.shape != pos.shape:
+            raise ValueError(
+                f"x_prev and pos must both be [batch], got {tuple(x_prev.shape)} and {tuple(pos.shape)}"
+            )
+        B = x_prev.shape[0]
+        if len(state) != len(spec):
+            raise ValueError(f"state must hold {len(spec)} tensors, got {len(state)}")
+        for (name, shape, _), s in zip(spec, state, strict=True):
+            if tuple(s.shape) != (B, *shape):
+                raise ValueError(
+                    f"state tensor {name!r} has shape {tuple(s.shape)}, expected {(B, *shape)} "
+                    f"(a state from another batch size?)"
+                )
+        if ((pos < 0) | (pos >= self.length)).any():
+            raise ValueError(f"pos must lie in [0, {self.length}), got {pos.tolist()}")
+        if self.token_dtype == torch.long:
+            bad = (pos > 0) & ((x_prev < 0) | (x_prev >= self.vocab_size))
+            if bad.any():
+                raise ValueError(f"x_prev holds tokens outside the vocabulary [0, {self.vocab_size})")
+
+
+def params_log_prob(dist: str, params: Tensor, x: Tensor) -> Tensor:
+    """log p(x_i | params_i) for every position: params [B, T, P], x [B, T] -> [B, T]."""
+    if dist == "gaussian_mixture":
+        return mixture_log_prob(params, x)
+    return F.log_softmax(params, dim=-1).gather(-1, x.unsqueeze(-1)).squeeze(-1)
+
+
+def split_mixture(params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """[..., 3K] -> (mixture logits, means, log standard deviations), each [..., K]."""
+    logit_w, mu, log_sigma = params.chunk(3, dim=-1)
+    return logit_w, mu, log_sigma
+
+
+def mixture_log_prob(params: Tensor, x: Tensor) -> Tensor:
+    logit_w, mu, log_sigma = split_mixture(params)
+    z = (x.unsqueeze(-1) - mu) * torch.exp(-log_sigma)
+    comp = -0.5 * z * z - log_sigma - 0.5 * math.log(2 * math.pi)
+    return torch.logsumexp(F.log_softmax(logit_w, dim=-1) + comp, dim=-1)
+
+
+def bernoulli_logits(logit: Tensor) -> Tensor:
+    """One logit l per position -> the two categorical logits [0, l] (softmax = [1 - σ(l), σ(l)])."""
+    return torch.stack([torch.zeros_like(logit), logit], dim=-1)
+
+
+def bos_where_first(x_prev: Tensor, pos: Tensor, bos: int) -> Tensor:
+    """Replace x_prev by the start token where a row is at position 0."""
+    return torch.where(pos == 0, torch.full_like(x_prev, bos), x_prev)
+
+
+def shift_right(x: Tensor, start: int | float) -> Tensor:
+    """[B, T] -> [B, T]: the inputs seen at each position (start token, then x_0 .. x_{T-2})."""
+    first = torch.full_like(x[:, :1], start)
+    return torch.cat([first, x[:, :-1]], dim=1)
