@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): `python -m bench.backends` compares the exported runtimes."""

@@ -1,0 +1,126 @@
+"""WaveNet: a stack of dilated causal convolutions over 8-bit mu-law audio, generated with per-layer queues.
+
+van den Oord et al., "WaveNet: A Generative Model for Raw Audio", arXiv 2016 (the model);
+Paine et al., "Fast Wavenet Generation Algorithm", arXiv 2016 (the incremental step).
+
+    h_0 = W_in * emb(x_<t)                          a kernel-2 causal conv over the shifted input
+    z_l = tanh(F_l * h_{l-1}) · σ(G_l * h_{l-1})    kernel-2 convs with dilation d_l
+    h_l = h_{l-1} + R_l z_l,   s = Σ_l S_l z_l,     p(x_t | x_<t) = softmax(W_2 relu(W_1 relu(s)))
+
+A kernel-2 dilated causal conv at time t reads only h[t - d] and h[t], so it is written here as two linear
+maps, one for the past tap and one for the current one: the parallel pass applies the past map to the
+sequence shifted right by d (zero-padded, as a causal conv pads), and the step applies it to the oldest
+entry of a FIFO queue holding the layer's last d inputs. Each step pops that entry, pushes the current input
+and costs O(layers), independent of the receptive field. Zero-initialised queues match the zero padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.base import ARModel, State, bos_where_first, shift_right
+
+BOS = 256  # the start token read at position 0, one past the 256 mu-law values
+
+
+@dataclass(frozen=True)
+class WaveNetConfig:
+    length: int = 16000  # the longest clip scored or generated: 2 s at 8 kHz
+    # Two stacks of 1..512, as the paper's: the layers span 2046 past inputs, so with the input conv each
+    # p(x_t | x_<t) sees the last 2048 samples (~0.26 s at 8 kHz, a few pitch periods and a phoneme).
+    dilations: tuple[int, ...] = tuple(2**i for i in range(10)) * 2
+    # Narrow residual/skip widths (the paper's are 512/256 for 16 kHz speech): ~0.25 M MACs per sample, so
+    # training runs at ~10k samples/s on one CPU core and an hour on 2 cores sees 1-2 hours of 8 kHz speech.
+    residual_channels: int = 32  # also the embedding width
+    skip_channels: int = 128
+    vocab_size: int = 256  # 8-bit mu-law
+    sample_rate: int = 8000
+    mu: int = 255
+
+    def __post_init__(self):
+        object.__setattr__(self, "dilations", tuple(self.dilations))  # a JSON list comes back as a list
+        if not self.dilations or min(self.dilations) < 1:
+            raise ValueError(f"dilations must be positive, got {self.dilations}")
+        if self.vocab_size != self.mu + 1:
+            raise ValueError(f"vocab_size must be mu + 1 = {self.mu + 1} (8-bit mu-law), got {self.vocab_size}")
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples x_{t-k} that p(x_t | x_<t) can see: the input conv's 2 taps plus each layer's dilation."""
+        return 2 + sum(self.dilations)
+
+
+class WaveNet(ARModel):
+    family = "wavenet"
+    config_class = WaveNetConfig
+    variable_length = True
+
+    def __init__(self, config: WaveNetConfig):
+        super().__init__(config)
+        C, S, V = config.residual_channels, config.skip_channels, config.vocab_size
+        n = len(config.dilations)
+        self.embed = nn.Embedding(V + 1, C)  # + BOS
+        self.in_past = nn.Linear(C, C, bias=False)  # the causal input conv: taps t-1 and t
+        self.in_cur = nn.Linear(C, C)
+        self.dil_past = nn.ModuleList(nn.Linear(C, 2 * C, bias=False) for _ in range(n))  # [filter; gate]
+        self.dil_cur = nn.ModuleList(nn.Linear(C, 2 * C) for _ in range(n))
+        self.res = nn.ModuleList(nn.Linear(C, C) for _ in range(n))  # 1x1 convs
+        self.skip = nn.ModuleList(nn.Linear(C, S) for _ in range(n))
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(S, S), nn.ReLU(), nn.Linear(S, V))
+
+    @classmethod
+    def tiny_configs(cls) -> list[WaveNetConfig]:
+        return [
+            WaveNetConfig(length=6, dilations=(1, 2), residual_channels=4, skip_channels=8),
+            WaveNetConfig(length=32, dilations=(1, 2, 4, 8), residual_channels=8, skip_channels=12),
+            WaveNetConfig(length=24, dilations=(1, 2, 4, 1, 2, 4), residual_channels=6, skip_channels=10),
+        ]
+
+    def state_spec(self):
+        C = self.config.residual_channels
+        return [("queue_in", (C, 1), torch.float32)] + [
+            (f"queue{i}", (C, d), torch.float32) for i, d in enumerate(self.config.dilations)
+        ]
+
+    def _layer(self, i: int, past: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Residual block i on (input d steps ago, current input) [..., C] -> (new h, skip contribution)."""
+        f, g = (self.dil_past[i](past) + self.dil_cur[i](h)).chunk(2, dim=-1)
+        z = torch.tanh(f) * torch.sigmoid(g)
+        return h + self.res[i](z), self.skip[i](z)
+
+    def _conditionals(self, x: Tensor) -> Tensor:
+        e = self.embed(shift_right(x, BOS))  # (B, T, C): x_{t-1} at t, BOS at 0
+        h = self.in_past(delay(e, 1)) + self.in_cur(e)
+        skip = 0
+        for i, d in enumerate(self.config.dilations):
+            h, s = self._layer(i, delay(h, d), h)
+            skip = skip + s  # (B, T, S)
+        return self.head(skip)  # (B, T, V)
+
+    def _step(self, x_prev: Tensor, pos: Tensor, state: State) -> tuple[Tensor, State]:
+        q_in, *queues = state
+        e = self.embed(bos_where_first(x_prev, pos, BOS))  # (B, C)
+        h = self.in_past(q_in[:, :, 0]) + self.in_cur(e)
+        new_state = [push(q_in, e, 1)]
+        skip = 0
+        for i, (q, d) in enumerate(zip(queues, self.config.dilations, strict=True)):
+            new_state.append(push(q, h, d))  # this layer's input, needed again d steps from now
+            h, s = self._layer(i, q[:, :, 0], h)  # q[..., 0] is the input from d steps ago
+            skip = skip + s  # (B, S)
+        return self.head(skip), tuple(new_state)  # (B, V)
+
+
+def delay(h: Tensor, d: int) -> Tensor:
+    """(B, T, C) -> (B, T, C) shifted d steps later along time, zeros first: out[:, t] = h[:, t - d]."""
+    return F.pad(h, (0, 0, d, 0))[:, : -d]
+
+
+def push(q: Tensor, v: Tensor, d: int) -> Tensor:
+    """FIFO queue (B, C, d): drop the oldest column, append v (B, C) as the newest."""
+    if d == 1:  # the queue is just v (and ONNX need not see an empty slice)
+        return v.unsqueeze(2)
+    return torch.cat([q[:, :, 1:], v.unsqueeze(2)], dim=2)
