@@ -1,0 +1,108 @@
+"""The small protocol the engine runs models through, and its two implementations.
+
+A backend turns an exported folder into three numpy functions; everything about the model (graph input
+and output names, state tensors, dtypes) comes from the manifest. State is a list of numpy arrays with
+the batch first, so the engine can batch rows of different requests by concatenating them.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from app.config import BackendName
+from app.manifest import Manifest
+
+log = logging.getLogger("arserve")
+
+FILES: dict[str, tuple[str, ...]] = {"onnx": ("score.onnx", "step.onnx"), "torchscript": ("model.pt",)}
+
+
+class Backend(Protocol):
+    name: str
+
+    def log_prob(self, x: np.ndarray) -> np.ndarray:
+        """x [B, T] -> per-position log-probabilities (log-densities for continuous models) [B, T]."""
+        ...
+
+    def init_state(self, batch: int) -> list[np.ndarray]: ...
+
+    def step(self, x_prev: np.ndarray, pos: np.ndarray, state: list[np.ndarray]
+             ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """x_prev [B] (token at pos - 1), pos [B] int64, state -> (params [B, P], new state)."""
+        ...
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def __init__(self, folder: Path, m: Manifest, threads: int = 1):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        # Spinning threads burn a core between the tiny step calls of a stream; sleeping costs ~µs.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = ["CPUExecutionProvider"]
+        self.score = ort.InferenceSession(str(folder / "score.onnx"), opts, providers=providers)
+        self.stepper = ort.InferenceSession(str(folder / "step.onnx"), opts, providers=providers)
+        self.io = m.io
+        self.state_spec = m.state
+
+    def log_prob(self, x: np.ndarray) -> np.ndarray:
+        return self.score.run(self.io.score_outputs[:1], {self.io.score_inputs[0]: x})[0]
+
+    def init_state(self, batch: int) -> list[np.ndarray]:
+        return [np.zeros((batch, *s.shape[1:]), dtype=s.dtype) for s in self.state_spec]
+
+    def step(self, x_prev, pos, state):
+        feed = dict(zip(self.io.step_inputs, [x_prev, pos, *state], strict=True))
+        params, *new_state = self.stepper.run(self.io.step_outputs, feed)
+        return params, new_state
+
+
+class TorchScriptBackend:
+    name = "torchscript"
+
+    def __init__(self, folder: Path, m: Manifest, threads: int = 1):
+        import torch  # only deployments that use TorchScript pay for importing torch
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        with warnings.catch_warnings():  # "torch.jit.load is deprecated": TorchScript is the artifact we ship
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.module = torch.jit.load(str(folder / "model.pt"), map_location="cpu").eval()
+
+    def _t(self, a: np.ndarray):
+        return self.torch.from_numpy(np.ascontiguousarray(a))
+
+    def log_prob(self, x: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.module.log_prob(self._t(x)).numpy()
+
+    def init_state(self, batch: int) -> list[np.ndarray]:
+        with self.torch.inference_mode():
+            return [s.numpy() for s in self.module.init_state(batch)]
+
+    def step(self, x_prev, pos, state):
+        with self.torch.inference_mode():
+            params, new_state = self.module.step(self._t(x_prev), self._t(pos), [self._t(s) for s in state])
+            return params.numpy(), [s.numpy() for s in new_state]
+
+
+_CLASSES: dict[str, type] = {"onnx": OnnxBackend, "torchscript": TorchScriptBackend}
+
+
+def available(m: Manifest) -> list[BackendName]:
+    """The backends whose files this model folder ships."""
+    return [name for name, files in FILES.items() if all(f in m.files for f in files)]
+
+
+def load(name: BackendName, folder: Path, m: Manifest, threads: int) -> Backend:
+    log.info("loading %s backend of %s", name, m.name)
+    return _CLASSES[name](folder, m, threads)

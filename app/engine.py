@@ -1,0 +1,149 @@
+"""The generation loop and scoring, written against the Backend protocol. Knows nothing of HTTP or text.
+
+Generation is prefill -> step -> sample -> stop: a request's prefix tokens are fed through `step` like any
+other token (forced instead of drawn), then every position is drawn with app.sampling from the request's
+own numpy Generator. Rows of different requests can share one batched `step` call, each at its own
+position; since the sampler takes one uniform per row per draw from the row's own Generator, how the work
+is batched (or chunked into events) never changes a sample.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.backends import Backend
+from app.sampling import log_softmax, mixture_log_density, sample_categorical, sample_mixture
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    max_new: int  # tokens to draw after the prefix
+    prefix: np.ndarray  # [k] tokens fed first (forced, not drawn)
+    seed: int
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+
+
+@dataclass
+class Generation:
+    """One sample being drawn: its own Generator, state (batch of 1), position and output."""
+
+    spec: SampleSpec
+    state: list[np.ndarray]
+    mixture: bool  # gaussian-mixture parameters (RNADE) instead of logits
+    token_dtype: str
+    pos: int = 0
+    x_prev: float | int = 0  # the start token at position 0 is the model's business; 0 is ignored
+    tokens: list = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    created: float = field(default_factory=time.perf_counter)
+    started: float | None = None  # first step
+    first_token: float | None = None  # first drawn token (after the prefill)
+    finished: float | None = None
+
+    def __post_init__(self):
+        self.rng = np.random.default_rng(self.spec.seed)
+        self.end = len(self.spec.prefix) + self.spec.max_new
+
+    @property
+    def done(self) -> bool:
+        return self.pos >= self.end
+
+    def accept(self, params: np.ndarray) -> tuple[float | int, float] | None:
+        """Take the step output [P] for this row's position: force the prefix token or draw one.
+        Returns (token, log-prob under the untempered model) for drawn tokens, None for prefill."""
+        now = time.perf_counter()
+        self.started = self.started or now
+        k = len(self.spec.prefix)
+        if self.pos < k:
+            token, out = self.spec.prefix[self.pos], None
+        else:
+            token = self._draw(params)
+            out = (token.item(), token_logprob(params, token, self.mixture))
+            self.tokens.append(out[0])
+            self.logprobs.append(out[1])
+            self.first_token = self.first_token or now
+        self.x_prev = token
+        self.pos += 1
+        if self.done:
+            self.finished = time.perf_counter()
+        return out
+
+    def _draw(self, params: np.ndarray):
+        s = self.spec
+        if self.mixture:
+            return sample_mixture(params[None], self.rng, s.temperature)[0]
+        return sample_categorical(params[None], self.rng, s.temperature, s.top_k, s.top_p)[0]
+
+    def timings(self) -> dict[str, float]:
+        end = self.finished or time.perf_counter()
+        start, first = self.started or end, self.first_token or end
+        ms = lambda a, b: round(1000 * (b - a), 3)  # noqa: E731
+        n = len(self.tokens)
+        return {
+            "queued_ms": ms(self.created, start),
+            "prefill_ms": ms(start, first),
+            "generate_ms": ms(first, end),
+            "total_ms": ms(self.created, end),
+            "tokens_per_s": round(n / (end - start), 1) if end > start else 0.0,
+        }
+
+
+def token_logprob(params: np.ndarray, token, mixture: bool) -> float:
+    if mixture:
+        return float(mixture_log_density(params[None], np.array([token]))[0])
+    return float(log_softmax(params[None])[0, int(token)])
+
+
+def step_batch(backend: Backend, gens: list[Generation]) -> list[tuple[float | int, float] | None]:
+    """Advance every generation by one position with one batched `step` call (rows at their own positions)."""
+    x_prev = np.array([g.x_prev for g in gens], dtype=gens[0].token_dtype)  # (B,)
+    pos = np.array([g.pos for g in gens], dtype=np.int64)  # (B,)
+    if len(gens) == 1:
+        state = gens[0].state
+    else:
+        state = [np.concatenate([g.state[i] for g in gens]) for i in range(len(gens[0].state))]  # (B, ...)
+    params, new_state = backend.step(x_prev, pos, state)  # (B, P)
+    params = np.asarray(params, dtype=np.float64)
+    out = []
+    for r, g in enumerate(gens):
+        g.state = [s[r : r + 1] for s in new_state]  # (1, ...) views; the next concatenate copies
+        out.append(g.accept(params[r]))
+    return out
+
+
+@dataclass(frozen=True)
+class Score:
+    logprob: float | None  # total over the scored positions, nats (None if it underflowed to -inf)
+    bits_per_dim: float | None
+    num_positions: int
+    per_position: list[float | None]
+
+
+def score(backend: Backend, xs: list[np.ndarray], prefix_len: int) -> list[Score]:
+    """log p(x_>=k | x_<k) of each input, in one batched `log_prob` call."""
+    # Inputs of different lengths are right-padded to the longest: position i never depends on x_>=i,
+    # so the padding cannot change the log-probs of the real positions, which are all we read.
+    T = max(len(x) for x in xs)
+    batch = np.zeros((len(xs), T), dtype=xs[0].dtype)  # (B, T)
+    for i, x in enumerate(xs):
+        batch[i, : len(x)] = x
+    lp = np.asarray(backend.log_prob(batch), dtype=np.float64)  # (B, T)
+    return [_score(lp[i, prefix_len : len(x)]) for i, x in enumerate(xs)]
+
+
+def _score(lp: np.ndarray) -> Score:
+    total = float(lp.sum())
+    n = len(lp)
+    finite = math.isfinite(total)
+    return Score(
+        logprob=total if finite else None,
+        bits_per_dim=-total / (n * math.log(2)) if finite else None,
+        num_positions=n,
+        per_position=[v if math.isfinite(v) else None for v in lp.tolist()],
+    )

@@ -1,0 +1,98 @@
+"""Every error leaves the service as {"error": {"code", "message"}} (plus "field" where one is to blame).
+
+The caller's mistakes are 4xx and name the field and position; a 500 means a bug in the server, never bad
+input. Errors are raised as APIError anywhere below the routes and turned into responses here, once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("arserve")
+
+
+class APIError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.field, self.headers = status, code, message, field, headers
+
+    def body(self) -> dict[str, Any]:
+        err = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            err["field"] = self.field
+        return {"error": err}
+
+
+def invalid(field: str, message: str) -> APIError:
+    """Bad input for this model: 422 whose message starts with the field (and position) to blame."""
+    return APIError(422, "invalid_input", f"{field}: {message}", field=field)
+
+
+def too_large(field: str, message: str) -> APIError:
+    """Over a limit the operator configured (batch size, length): 413."""
+    return APIError(413, "limit_exceeded", f"{field}: {message}", field=field)
+
+
+def model_not_found(name: str, known: Sequence[str]) -> APIError:
+    return APIError(404, "model_not_found", f"model: no model named {name!r}; loaded: {sorted(known)}", "model")
+
+
+def busy(message: str, retry_after_s: int, status: int = 429, code: str = "too_many_streams") -> APIError:
+    return APIError(status, code, message, headers={"Retry-After": str(retry_after_s)})
+
+
+def field_name(loc: Sequence[Any]) -> str:
+    """('body', 'inputs', 0, 3) -> 'inputs[0][3]'; the 'body'/'query' root says nothing to the caller."""
+    parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path") else loc)
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "body"
+
+
+def _validation_error(exc: RequestValidationError) -> APIError:
+    errors = exc.errors()
+    for e in errors:
+        if e.get("type") == "json_invalid":
+            where = e["loc"][-1] if isinstance(e["loc"][-1], int) else "?"
+            reason = (e.get("ctx") or {}).get("error", "invalid JSON")
+            return APIError(422, "malformed_json", f"body: not valid JSON ({reason} at character {where})", "body")
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    field = field_name(first["loc"])
+    parts = []
+    for e in errors:
+        got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict | list) else ""
+        parts.append(f"{field_name(e['loc'])}: {e['msg']}{got}")
+    return APIError(422, "invalid_request", "; ".join(parts), field)
+
+
+def _json(err: APIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return _json(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _json(_validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _json(APIError(exc.status_code, code, str(exc.detail), headers=exc.headers))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _json(APIError(500, "internal_error", "internal server error (logged)"))

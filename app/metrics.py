@@ -1,0 +1,63 @@
+"""Prometheus metrics, one registry per app (so that several apps, e.g. in tests, never collide)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+ENDPOINTS = {"/models", "/logprob", "/sample", "/healthz", "/readyz", "/metrics"}
+
+
+class Metrics:
+    def __init__(self):
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("arserve_requests_total", "HTTP requests by endpoint, model and status",
+                                ["endpoint", "model", "status"], registry=r)
+        self.latency = Histogram("arserve_request_seconds", "time to answer a request (a stream: until it ends)",
+                                 ["endpoint", "model"], registry=r,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+        self.tokens = Counter("arserve_tokens_generated_total", "tokens drawn by sample requests (prefix excluded)",
+                              ["model"], registry=r)
+        self.active_streams = Gauge("arserve_active_streams", "GET and POST /sample generations in progress",
+                                    ["model"], registry=r)
+        self.queue_depth = Gauge("arserve_queue_depth", "jobs waiting for a model's worker thread", ["model"],
+                                 registry=r)
+        self.step_rows = Histogram("arserve_step_batch_rows", "streams advanced together by one batched step",
+                                   ["model"], registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+
+    def add_model(self, model: str) -> None:
+        """Export every per-model series from the start (at 0), not from the first request."""
+        for metric in (self.tokens, self.active_streams, self.queue_depth, self.step_rows):
+            metric.labels(model)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Counts every request and times it, labelled by endpoint and by the model the route resolved."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = scope["path"]
+            endpoint = path if path in ENDPOINTS else "other"  # unknown paths must not grow the label set
+            model = scope.get("state", {}).get("model", "")
+            self.metrics.requests.labels(endpoint, model, str(status)).inc()
+            self.metrics.latency.labels(endpoint, model).observe(time.perf_counter() - start)

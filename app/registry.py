@@ -1,0 +1,130 @@
+"""The loaded models: every folder under ARSERVE_MODEL_DIR, verified, each with its own worker thread.
+
+A folder that cannot be trusted (no manifest, invalid manifest, sha256 mismatch, a backend that fails to
+load) is logged and skipped; the others are served. Each model's configured backend is loaded at startup;
+the other one on the first request that asks for it, on the model's worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from app import backends
+from app.backends import Backend
+from app.config import BackendName, Settings
+from app.errors import APIError, busy, invalid, model_not_found
+from app.manifest import ArtifactError, Manifest, load_manifest
+from app.metrics import Metrics
+from app.worker import ModelWorker
+
+log = logging.getLogger("arserve")
+
+
+class ServedModel:
+    def __init__(self, folder: Path, manifest: Manifest, settings: Settings, metrics: Metrics):
+        self.folder, self.manifest, self.settings = folder, manifest, settings
+        self.name = manifest.name
+        self.available = backends.available(manifest)
+        self.default_backend = settings.backend_for(self.name)
+        if self.default_backend not in self.available:
+            raise ArtifactError(f"{folder}: configured backend {self.default_backend!r} has no files here "
+                                f"(available: {self.available})")
+        self._backends: dict[str, Backend] = {}
+        self._lock = threading.Lock()
+        self.backend(self.default_backend)  # fail at startup, not on the first request
+        self.worker = ModelWorker(self.name, self.backend, metrics, settings.max_batch)
+        metrics.add_model(self.name)
+
+    def backend(self, name: str) -> Backend:
+        with self._lock:
+            if name not in self._backends:
+                threads = self.settings.ort_intra_op_threads if name == "onnx" else self.settings.torch_threads
+                try:
+                    self._backends[name] = backends.load(name, self.folder, self.manifest, threads)
+                except Exception as e:
+                    log.exception("cannot load the %s backend of %s", name, self.name)
+                    raise APIError(503, "backend_unavailable", f"backend: {name} failed to load for {self.name}: {e}",
+                                   "backend") from None
+            return self._backends[name]
+
+    def pick_backend(self, requested: BackendName | None) -> BackendName:
+        name = requested or self.default_backend
+        if name not in self.available:
+            raise invalid("backend", f"model {self.name} ships no {name} artifact (available: {self.available})")
+        return name
+
+    def summary(self) -> dict[str, Any]:
+        m = self.manifest
+        out = m.model_dump(exclude={"io", "export", "format_version"})
+        out["training"] = _without_paths(out["training"])
+        out["metrics"] = _without_paths(out["metrics"])
+        out["backends"] = self.available
+        out["default_backend"] = self.default_backend
+        return out
+
+
+def _without_paths(d: Any) -> Any:
+    """Drop absolute filesystem paths (e.g. a training data folder): /models must not reveal the server's disk."""
+    if isinstance(d, dict):
+        return {k: _without_paths(v) for k, v in d.items() if not (isinstance(v, str) and _is_path(v))}
+    if isinstance(d, list):
+        return [_without_paths(v) for v in d if not (isinstance(v, str) and _is_path(v))]
+    return d
+
+
+def _is_path(s: str) -> bool:
+    return s.startswith(("/", "~")) or (len(s) > 2 and s[1:3] in (":\\", ":/"))
+
+
+class Registry:
+    def __init__(self, settings: Settings, metrics: Metrics):
+        self.settings, self.metrics = settings, metrics
+        self.models: dict[str, ServedModel] = {}
+        self.skipped: dict[str, str] = {}  # folder name -> why
+        self.loaded = False
+
+    def load(self) -> None:
+        """Load every model folder (blocking: run it off the event loop)."""
+        root = self.settings.model_dir
+        if not root.is_dir():
+            log.error("model directory %s does not exist: serving no models", root)
+        models: dict[str, ServedModel] = {}
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+            try:
+                self._load_one(folder, models)
+            except Exception as e:  # one bad folder must not take the others down
+                log.error("skipping %s: %s", folder, e)
+                self.skipped[folder.name] = str(e)
+        for model in models.values():
+            model.worker.start()
+        self.models = models  # published whole: requests never see a half-loaded registry
+        self.loaded = True
+        log.info("serving %d model(s): %s", len(self.models), sorted(self.models))
+
+    def _load_one(self, folder: Path, models: dict[str, ServedModel]) -> None:
+        manifest = load_manifest(folder, verify=True)
+        if manifest.name in models:
+            raise ArtifactError(f"duplicate model name {manifest.name!r} (also in {models[manifest.name].folder})")
+        models[manifest.name] = ServedModel(folder, manifest, self.settings, self.metrics)
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded and bool(self.models)
+
+    def require_loaded(self) -> None:
+        if not self.loaded:
+            raise busy("models are still loading", self.settings.retry_after_s, 503, "not_ready")
+
+    def get(self, name: str) -> ServedModel:
+        self.require_loaded()
+        if name not in self.models:
+            raise model_not_found(name, list(self.models))
+        return self.models[name]
+
+    def close(self) -> None:
+        for model in self.models.values():
+            if model.worker.thread.is_alive():
+                model.worker.stop()

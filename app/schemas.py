@@ -1,0 +1,76 @@
+"""Request and response bodies. Static bounds are Field constraints (a 422 naming the field); bounds that
+depend on the model or on the server's settings are checked by the routes against the manifest."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.config import BackendName
+
+FinishReason = Literal["complete", "length"]
+
+
+class _Request(BaseModel):
+    # A misspelt parameter ("temprature") is an error, not a silently ignored default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class LogprobRequest(_Request):
+    model: str = Field(min_length=1, max_length=64)
+    inputs: list[Any] = Field(min_length=1, description="token lists; text models also strings; images 2-D 0/1")
+    per_position: bool = False
+    prefix_len: int = Field(0, ge=0, description="score only the continuation x_>=prefix_len")
+    backend: BackendName | None = None
+
+
+class SampleParams(_Request):
+    """GET /sample's query parameters; POST /sample takes the same as JSON."""
+
+    model: str = Field(min_length=1, max_length=64)
+    temperature: float = Field(1.0, ge=0, le=100, allow_inf_nan=False, description="0 = greedy argmax")
+    top_k: int = Field(0, ge=0, description="keep the k most likely tokens; 0 = off")
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False, description="nucleus mass; 1 = off")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="omitted: chosen at random and reported")
+    max_len: int | None = Field(None, ge=1, description="most tokens to generate after the prefix")
+    prefix: str | None = Field(None, description="comma-separated tokens fed before sampling")
+    prompt: str | None = Field(None, description="text models: text fed before sampling")
+    chunk: int = Field(1, ge=1, description="tokens per token event")
+    backend: BackendName | None = None
+
+
+class SampleBody(SampleParams):
+    prefix: str | list[Any] | None = Field(None, description="tokens (a list, or comma-separated)")
+
+
+class LogprobResult(BaseModel):
+    logprob: float | None = Field(description="total log-probability (log-density for continuous data), nats")
+    bits_per_dim: float | None
+    num_positions: int
+    per_position: list[float | None] | None = None
+
+
+class LogprobResponse(BaseModel):
+    model: str
+    backend: BackendName
+    results: list[LogprobResult]
+
+
+class SampleDone(BaseModel):
+    model: str
+    backend: BackendName
+    tokens: list[int | float] = Field(description="the generated tokens (the prefix excluded)")
+    logprob: float = Field(description="sum of the generated tokens' log-probs under the untempered model")
+    num_tokens: int
+    prefix_len: int
+    finish_reason: FinishReason
+    seed: int
+    timings: dict[str, float]
+    text: str | None = None
+    png: str | None = None
+    wav: str | None = None
+
+
+class ModelsResponse(BaseModel):
+    models: list[dict[str, Any]]

@@ -1,0 +1,87 @@
+"""The container files, checked without a Docker engine: `docker-compose config` validates the compose file,
+hadolint lints the Dockerfile, and the image's command is the README's serve command (make serve)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    path = BIN / name if (BIN / name).exists() else shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (pip install -e '.[dev]')")
+    return str(path)
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    out = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            word, _, rest = line.strip().partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_passes_hadolint():
+    r = subprocess.run([tool("hadolint"), "--no-color", "Dockerfile"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_dockerfile_shape():
+    steps = dockerfile()
+    words = [w for w, _ in steps]
+    assert steps[0] == ("FROM", "python:3.11-slim")
+    first_code = min(i for i, (w, a) in enumerate(steps) if w == "COPY" and a.startswith("app"))
+    installs = [i for i, (w, a) in enumerate(steps) if w == "RUN" and "pip install" in a]
+    assert installs and max(installs) < first_code, "dependencies must be installed before the code is copied"
+    user = [a for w, a in steps if w == "USER"]
+    assert user and user[-1].split(":")[0] not in ("root", "0"), "the service must not run as root"
+    assert words.index("USER") > first_code
+    health = [a for w, a in steps if w == "HEALTHCHECK"]
+    assert health and "/healthz" in health[0]
+    assert any(w == "COPY" and a.startswith("exported") for w, a in steps), "the image serves exported/"
+    assert not any(w == "COPY" and a.startswith("models") for w, a in steps), "app/ runs without models/"
+
+
+def test_image_command_is_the_readme_serve_command():
+    cmd = json.loads([a for w, a in dockerfile() if w == "CMD"][-1])
+    assert cmd[:2] == ["uvicorn", "app.main:app"]
+    opts = dict(zip(cmd[2::2], cmd[3::2], strict=True))
+    # `make serve` (the README's command) runs uvicorn app.main:app with host/port defaults 0.0.0.0:8000
+    recipe = re.search(r"^serve:.*\n\t(.+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert "make serve" in (ROOT / "README.md").read_text()
+    serve = shlex.split(recipe)
+    assert serve[0].endswith("uvicorn") and serve[1] == "app.main:app"
+    unescaped = [re.sub(r"\$\{\w+:-(.+)\}", r"\1", v.replace("$$", "$")) for v in serve[2:]]  # ${VAR:-default}
+    defaults = dict(zip(unescaped[::2], unescaped[1::2], strict=True))
+    assert opts == defaults == {"--host": "0.0.0.0", "--port": "8000"}
+
+
+def test_compose_file_is_valid():
+    r = subprocess.run([tool("docker-compose"), "-f", "docker-compose.yml", "config", "--format", "json"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    service = json.loads(r.stdout)["services"]["arserve"]
+    assert any(p["target"] == 8000 and str(p["published"]) == "8000" for p in service["ports"])
+    assert service["healthcheck"]["test"][0] == "CMD"
+    volume = service["volumes"][0]
+    assert volume["source"] == str(ROOT / "exported")
+    assert volume["target"] == service["environment"]["ARSERVE_MODEL_DIR"]
+    assert all(k.startswith("ARSERVE_") for k in service["environment"])
+    from app.config import Settings
+
+    known = {f"ARSERVE_{name.upper()}" for name in Settings.model_fields}
+    assert set(service["environment"]) <= known, "compose sets a variable the service does not read"
