@@ -27,6 +27,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -398,9 +399,30 @@ def _write_onnx(model: ARModel, folder: Path) -> dict[str, onnx.ModelProto]:
     return {"score.onnx": score, "step.onnx": step}
 
 
+def _torchscript_records(path: Path) -> dict[bytes, tuple[int, int]]:
+    """sha256 -> (offset, length) of every tensor record inside a TorchScript archive.
+
+    torch.jit.save writes each tensor's bytes as an uncompressed, 64-byte aligned zip entry, so an ONNX
+    initializer holding the same bytes can point straight into model.pt: the weights are stored once for
+    both runtimes (and checked once, by model.pt's sha256)."""
+    records = {}
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as f:
+        for info in zf.infolist():
+            if "/data/" not in info.filename or info.compress_type != zipfile.ZIP_STORED:
+                continue
+            f.seek(info.header_offset)
+            header = f.read(30)  # the local file header: name and extra-field lengths at bytes 26..29
+            start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(
+                header[28:30], "little")
+            f.seek(start)
+            records.setdefault(hashlib.sha256(f.read(info.file_size)).digest(), (start, info.file_size))
+    return records
+
+
 def _share_weights(graphs: dict[str, onnx.ModelProto], folder: Path) -> None:
-    """Move every initializer of at least INLINE_MAX_BYTES into one external-data file, each distinct byte
-    string once, then save the graphs: score.onnx and step.onnx point into the same weights.bin ranges."""
+    """Store every initializer of at least INLINE_MAX_BYTES once: as a range of model.pt where TorchScript
+    holds the same bytes, otherwise in weights.bin (each distinct byte string once); then save the graphs."""
+    in_torchscript = _torchscript_records(folder / "model.pt")
     blob, ranges = bytearray(), {}
     for proto in graphs.values():
         _constants_to_initializers(proto.graph)
@@ -413,11 +435,14 @@ def _share_weights(graphs: dict[str, onnx.ModelProto], folder: Path) -> None:
             if len(raw) < INLINE_MAX_BYTES:
                 continue
             key = hashlib.sha256(raw).digest()
-            if key not in ranges:
-                blob += b"\0" * (-len(blob) % ALIGN)
-                ranges[key] = (len(blob), len(raw))
-                blob += raw
-            set_external_data(t, WEIGHTS, *ranges[key])
+            if key in in_torchscript:
+                set_external_data(t, "model.pt", *in_torchscript[key])
+            else:
+                if key not in ranges:
+                    blob += b"\0" * (-len(blob) % ALIGN)
+                    ranges[key] = (len(blob), len(raw))
+                    blob += raw
+                set_external_data(t, WEIGHTS, *ranges[key])
             t.ClearField("raw_data")
     (folder / WEIGHTS).write_bytes(bytes(blob))
     for name, proto in graphs.items():

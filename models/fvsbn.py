@@ -38,8 +38,8 @@ class FVSBN(ARModel):
         D = config.length
         self.W = nn.Parameter(torch.randn(D, D) * 0.01)  # W[i, j]: weight of x_j in the regression of x_i
         self.b = nn.Parameter(torch.zeros(D))
-        # strictly lower triangular: row i sees only x_j for j < i (and row 0 sees nothing)
-        self.register_buffer("mask", torch.tril(torch.ones(D, D), diagonal=-1))
+        # strictly lower triangular: row i sees only x_j for j < i (row 0 sees nothing); bool keeps it small
+        self.register_buffer("mask", torch.tril(torch.ones(D, D, dtype=torch.bool), diagonal=-1))
 
     @classmethod
     def tiny_configs(cls) -> list[FVSBNConfig]:

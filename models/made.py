@@ -44,7 +44,7 @@ class MaskedLinear(nn.Linear):
 
     def __init__(self, mask: Tensor):
         super().__init__(mask.shape[1], mask.shape[0])
-        self.register_buffer("mask", mask.to(self.weight.dtype))  # (out, in)
+        self.register_buffer("mask", mask.bool())  # (out, in); bool keeps the artifact small
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.mask * self.weight, self.bias)
@@ -70,8 +70,8 @@ def made_masks(length: int, sizes: tuple[int, ...], seed: int) -> list[Tensor]:
     """The (out, in) masks of every layer, input -> hidden ... -> output."""
     m_in = torch.arange(length)
     layers = [m_in, *hidden_degrees(length, sizes, seed)]
-    masks = [(m_out[:, None] >= m_prev[None, :]).float() for m_prev, m_out in zip(layers, layers[1:], strict=False)]
-    masks.append((m_in[:, None] > layers[-1][None, :]).float())  # output i sees hidden units of degree < i
+    masks = [(m_out[:, None] >= m_prev[None, :]) for m_prev, m_out in zip(layers, layers[1:], strict=False)]
+    masks.append(m_in[:, None] > layers[-1][None, :])  # output i sees hidden units of degree < i
     return masks
 
 

@@ -77,10 +77,11 @@ def _export_all(out: Path) -> None:
     manifest = json.loads((corrupt / "manifest.json").read_text())
     manifest["name"] = "corrupt-nade"
     (corrupt / "manifest.json").write_text(json.dumps(manifest))
-    with open(corrupt / "weights.bin", "r+b") as f:
-        first = f.read(1)
-        f.seek(0)
-        f.write(bytes([first[0] ^ 0xFF]))
+    with open(corrupt / "model.pt", "r+b") as f:  # one flipped byte in the weights both runtimes read
+        f.seek(-100, 2)
+        byte = f.read(1)
+        f.seek(-100, 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
     (out / "zz-empty").mkdir()
 
 

@@ -24,6 +24,7 @@ from app.manifest import ArtifactError, load_manifest
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.export import (
     FILES,
+    INLINE_MAX_BYTES,
     WEIGHTS,
     ExportError,
     OnnxRuntime,
@@ -164,23 +165,28 @@ def test_onnx_graphs_pass_the_full_checker(family, exported):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_weights_are_stored_once_and_shared(family, exported):
+    """ONNX initializers point into model.pt's own tensor records or, for bytes TorchScript does not hold,
+    into weights.bin; no byte string is stored twice, and the two graphs read the same ranges."""
     art, _ = _artifact(exported, family)
-    blob = (art / WEIGHTS).read_bytes()
+    files = {name: (art / name).read_bytes() for name in ("model.pt", WEIGHTS)}
     ranges = {}
     for name in ("score.onnx", "step.onnx"):
         proto = onnx.load(str(art / name), load_external_data=False)
         for t in proto.graph.initializer:
             if t.data_location == onnx.TensorProto.EXTERNAL:
                 ext = {e.key: e.value for e in t.external_data}
-                assert ext["location"] == WEIGHTS
-                r = (int(ext["offset"]), int(ext["length"]))
-                assert r[0] + r[1] <= len(blob), f"{name}:{t.name} points past the end of {WEIGHTS}"
+                assert ext["location"] in files, f"{name}:{t.name} points into {ext['location']}"
+                r = (ext["location"], int(ext["offset"]), int(ext["length"]))
+                assert r[1] + r[2] <= len(files[r[0]]), f"{name}:{t.name} points past the end of {r[0]}"
                 ranges.setdefault(r, set()).add(name)
-    contents = [blob[o : o + n] for o, n in ranges]
+    contents = [files[f][o : o + n] for f, o, n in ranges]
     assert len(set(contents)) == len(contents), "the same bytes are stored twice"
-    assert sum(n for _, n in ranges) <= len(blob)
-    if blob:  # both graphs run on the model's parameters: they must read (some of) them from the same bytes
-        assert any(len(users) == 2 for users in ranges.values()), "score.onnx and step.onnx share no weights"
+    in_weights = sum(n for f, _, n in ranges if f == WEIGHTS)
+    assert in_weights <= len(files[WEIGHTS])
+    big = [r for r in ranges if r[2] >= INLINE_MAX_BYTES]
+    assert big, "no large initializer is external"
+    assert any(f == "model.pt" for f, _, _ in big), "no ONNX weight is shared with model.pt"
+    assert any(len(users) == 2 for users in ranges.values()), "score.onnx and step.onnx share no weights"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -213,7 +219,10 @@ def test_editing_one_byte_fails_the_sha256_check(exported, tmp_path):
         copy = tmp_path / name
         shutil.copytree(art, copy)
         data = bytearray((copy / name).read_bytes())
-        data[len(data) // 2] ^= 0x01
+        if data:
+            data[len(data) // 2] ^= 0x01
+        else:  # weights.bin is empty when model.pt holds every weight: one byte added is an edit too
+            data.append(0)
         (copy / name).write_bytes(bytes(data))
         load_manifest(copy, verify=False)  # still a valid manifest ...
         with pytest.raises(ArtifactError, match="sha256"):  # ... but the file is not the one exported

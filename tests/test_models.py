@@ -15,7 +15,8 @@ import models
 from models.base import ARModel
 from models.generate import generate_cached, generate_naive
 
-EXPECTED = {"fvsbn", "nade", "made", "rnade", "lstm", "gru", "pixelcnn", "wavenet", "transformer"}
+EXPECTED = {"fvsbn", "nade", "made", "rnade", "lstm", "gru", "pixelcnn", "wavenet", "transformer", "pixelrnn",
+            "attnrnn", "finite"}
 CASES = [
     (family, i)
     for family in sorted(models.REGISTRY)
