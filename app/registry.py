@@ -92,7 +92,10 @@ class Registry:
         if not root.is_dir():
             log.error("model directory %s does not exist: serving no models", root)
         models: dict[str, ServedModel] = {}
-        for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        # dot-folders are exports in progress (models/export.py builds in .<name>.export-*, then renames)
+        found = root.iterdir() if root.is_dir() else []
+        folders = sorted(p for p in found if p.is_dir() and not p.name.startswith("."))
+        for folder in folders:
             try:
                 self._load_one(folder, models)
             except Exception as e:  # one bad folder must not take the others down

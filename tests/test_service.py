@@ -45,6 +45,7 @@ async def test_healthz_and_readyz(client):
     # bad folders are skipped with the reason, the others served
     assert "sha256 mismatch" in body["skipped"]["zz-corrupt"]
     assert "no manifest.json" in body["skipped"]["zz-empty"]
+    assert not any(name.startswith(".") for name in body["skipped"]), "exports in progress are not models"
 
 
 async def test_not_ready_until_loaded(artifacts):
