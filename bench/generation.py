@@ -3,10 +3,11 @@
 Cached: the family's own `step` (running activations, RNN state, KV cache, WaveNet queues, PixelCNN window).
 Naive: recompute the parallel pass (`conditionals`) on the whole prefix for every new token.
 
-Cached tokens/s is timed over a whole generation. A whole naive generation of 4096 WaveNet samples would
-take minutes, so naive tokens/s is estimated honestly from the per-token cost at evenly spaced positions
-(the total time of a generation is the sum of its per-token costs; the mean of a uniform sample of them is
-an unbiased estimate). Both use random-weight models of realistic size.
+Both time the unchecked cores (`_step`, `_conditionals`) under torch.inference_mode, and both pay the same
+numpy sampler per token. Cached tokens/s is timed over a whole generation. A whole naive generation of 4096
+WaveNet samples would take minutes, so naive tokens/s is estimated honestly from the per-token cost at
+evenly spaced positions (the total time of a generation is the sum of its per-token costs; the mean of a
+uniform sample of them is an unbiased estimate). Both use random-weight models of realistic size.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ FULL = {
     "lstm": ({"length": 1024}, 512),
     "gru": ({"length": 1024}, 512),
     "transformer": ({"length": 512}, 512),
+    "attnrnn": ({"length": 512}, 512),
+    "finite": ({}, 512),
+    "pixelrnn": ({}, 784),
     "wavenet": ({"length": 16000}, 4096),
 }
 QUICK_TOKENS = 64
@@ -44,11 +48,11 @@ def naive_token_seconds(model, steps: int, probes: int) -> float:
     width = steps if model.variable_length else model.length
     x = torch.zeros(1, width, dtype=model.token_dtype)
     costs = []
-    with torch.no_grad():
+    with torch.inference_mode():
         for t in np.linspace(0, steps - 1, probes).astype(int):
             prefix = x[:, : t + 1] if model.variable_length else x
             t0 = time.perf_counter()
-            params = model.conditionals(prefix)[:, t]
+            params = model._conditionals(prefix)[:, t]
             draw(model, params, rng, 1.0, 0, 1.0)
             costs.append(time.perf_counter() - t0)
     return statistics.mean(costs)
@@ -67,9 +71,9 @@ def bench_family(family: str, quick: bool) -> dict:
     else:
         torch.manual_seed(0)
         model = models.build(family, overrides).eval()
-    generate_cached(model, 1, min(steps, 8))  # warm-up
+    generate_cached(model, 1, min(steps, 8), checked=False)  # warm-up
     t0 = time.perf_counter()
-    generate_cached(model, 1, steps)
+    generate_cached(model, 1, steps, checked=False)
     cached = steps / (time.perf_counter() - t0)
     naive = 1.0 / naive_token_seconds(model, steps, probes=4 if quick else 12)
     return {

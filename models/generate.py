@@ -18,23 +18,25 @@ def draw(model: ARModel, params: torch.Tensor, rng: np.random.Generator, tempera
     return torch.from_numpy(sample_categorical(p, rng, temperature, top_k, top_p))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_cached(model: ARModel, batch: int, steps: int, seed: int = 0, temperature: float = 1.0,
-                    top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """[batch, steps] sample drawn one `step` at a time."""
+                    top_k: int = 0, top_p: float = 1.0, checked: bool = True) -> torch.Tensor:
+    """[batch, steps] sample drawn one `step` at a time (checked=False skips the per-call input validation,
+    to time the algorithm alone)."""
+    step = model.step if checked else model._step
     rng = np.random.default_rng(seed)
     state = model.init_state(batch)
     x = torch.zeros(batch, dtype=model.token_dtype)
     out = []
     for t in range(steps):
         pos = torch.full((batch,), t, dtype=torch.long)
-        params, state = model.step(x, pos, state)
+        params, state = step(x, pos, state)
         x = draw(model, params, rng, temperature, top_k, top_p)
         out.append(x)
     return torch.stack(out, dim=1)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_naive(model: ARModel, batch: int, steps: int, seed: int = 0, temperature: float = 1.0,
                    top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """The same sample, recomputing the full parallel pass on the prefix at every position."""
@@ -43,6 +45,6 @@ def generate_naive(model: ARModel, batch: int, steps: int, seed: int = 0, temper
     x = torch.zeros(batch, width, dtype=model.token_dtype)
     for t in range(steps):
         prefix = x[:, : t + 1] if model.variable_length else x  # causality: x_>=t cannot matter
-        params = model.conditionals(prefix)[:, t]
+        params = model._conditionals(prefix)[:, t]
         x[:, t] = draw(model, params, rng, temperature, top_k, top_p)
     return x[:, :steps]
