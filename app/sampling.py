@@ -13,24 +13,30 @@ import numpy as np
 def sample_categorical(
     logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
 ) -> np.ndarray:
-    """logits [B, V] -> tokens [B] (int64). temperature 0 is greedy; top_k 0 and top_p 1 are off."""
+    """logits [B, V] -> tokens [B] (int64). temperature 0 is greedy; top_k 0 and top_p 1 are off.
+
+    The draw is the inverse CDF of one uniform per row, in vocabulary order; top-k and top-p only zero out
+    tokens (ties at a threshold are kept), so no sort is needed unless a filter asks for one: this runs once
+    per generated token.
+    """
     logits = np.asarray(logits, dtype=np.float64)
     u = rng.random(logits.shape[0])  # drawn even when greedy, so that the stream of draws never shifts
-    if temperature == 0:
+    if temperature == 0 or top_k == 1:
         return logits.argmax(axis=-1).astype(np.int64)
-    order = np.argsort(-logits, axis=-1, kind="stable")  # (B, V) most likely first
-    z = np.take_along_axis(logits, order, axis=-1) / temperature
-    p = np.exp(z - z[:, :1])
-    if 0 < top_k < p.shape[1]:
-        p[:, top_k:] = 0.0
+    z = logits / temperature
+    p = np.exp(z - z.max(axis=-1, keepdims=True))  # (B, V) unnormalized probabilities
+    V = p.shape[1]
+    if 1 < top_k < V:
+        kth = -np.partition(-p, top_k - 1, axis=-1)[:, top_k - 1 : top_k]  # (B, 1) the k-th largest
+        p = np.where(p >= kth, p, 0.0)
     if top_p < 1.0:
-        cum = np.cumsum(p, axis=-1) / p.sum(axis=-1, keepdims=True)
-        keep = cum - p / p.sum(axis=-1, keepdims=True) < top_p  # the smallest set whose mass reaches top_p
-        p = np.where(keep, p, 0.0)
+        desc = -np.sort(-p, axis=-1)  # (B, V) most likely first
+        mass = desc / desc.sum(axis=-1, keepdims=True)
+        kept = ((np.cumsum(mass, axis=-1) - mass) < top_p).sum(axis=-1)  # smallest set reaching top_p (>= 1)
+        p = np.where(p >= np.take_along_axis(desc, kept[:, None] - 1, axis=-1), p, 0.0)
     cdf = np.cumsum(p, axis=-1)
     idx = (cdf < (u * cdf[:, -1])[:, None]).sum(axis=-1)
-    idx = np.minimum(idx, p.shape[1] - 1)
-    return np.take_along_axis(order, idx[:, None], axis=-1)[:, 0].astype(np.int64)
+    return np.minimum(idx, V - 1).astype(np.int64)
 
 
 def sample_mixture(params: np.ndarray, rng: np.random.Generator, temperature: float = 1.0) -> np.ndarray:

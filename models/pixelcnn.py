@@ -27,6 +27,16 @@ from torch import Tensor, nn
 from models.base import ARModel, State, bernoulli_logits
 
 
+def check_image_config(cfg, family: str) -> None:
+    """Shared by the convolutional image families: a real image, odd kernels, binary pixels."""
+    if cfg.height < 1 or cfg.width < 1:
+        raise ValueError(f"image must be at least 1x1, got {cfg.height}x{cfg.width}")
+    if cfg.first_kernel % 2 == 0 or cfg.kernel % 2 == 0:
+        raise ValueError(f"kernels must be odd, got {cfg.first_kernel} and {cfg.kernel}")
+    if cfg.vocab_size != 2:
+        raise ValueError(f"{family} models binary pixels: vocab_size must be 2")
+
+
 @dataclass(frozen=True)
 class PixelCNNConfig:
     height: int = 28  # binarized MNIST
@@ -40,12 +50,7 @@ class PixelCNNConfig:
     vocab_size: int = 2  # Bernoulli pixels
 
     def __post_init__(self):
-        if self.height < 1 or self.width < 1:
-            raise ValueError(f"image must be at least 1x1, got {self.height}x{self.width}")
-        if self.first_kernel % 2 == 0 or self.kernel % 2 == 0:
-            raise ValueError(f"kernels must be odd, got {self.first_kernel} and {self.kernel}")
-        if self.vocab_size != 2:
-            raise ValueError("PixelCNN models binary pixels: vocab_size must be 2")
+        check_image_config(self, "PixelCNN")
 
     @property
     def length(self) -> int:

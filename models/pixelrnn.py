@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.base import ARModel, State, bernoulli_logits
-from models.pixelcnn import MaskedConv2d
+from models.pixelcnn import MaskedConv2d, check_image_config
 
 
 @dataclass(frozen=True)
@@ -55,12 +55,7 @@ class PixelRNNConfig:
     vocab_size: int = 2  # Bernoulli pixels
 
     def __post_init__(self):
-        if self.height < 1 or self.width < 1:
-            raise ValueError(f"image must be at least 1x1, got {self.height}x{self.width}")
-        if self.first_kernel % 2 == 0 or self.kernel % 2 == 0:
-            raise ValueError(f"kernels must be odd, got {self.first_kernel} and {self.kernel}")
-        if self.vocab_size != 2:
-            raise ValueError("PixelRNN models binary pixels: vocab_size must be 2")
+        check_image_config(self, "PixelRNN")
 
     @property
     def length(self) -> int:

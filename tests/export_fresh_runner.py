@@ -42,11 +42,10 @@ def sample_categorical(logits, rng, temperature):
     u = rng.random(logits.shape[0])  # one uniform per row every step, even when greedy
     if temperature == 0:
         return logits.argmax(axis=-1).astype(np.int64)
-    order = np.argsort(-logits, axis=-1, kind="stable")  # most likely first
-    z = np.take_along_axis(logits, order, axis=-1) / temperature
-    cdf = np.cumsum(np.exp(z - z[:, :1]), axis=-1)
+    z = logits / temperature
+    cdf = np.cumsum(np.exp(z - z.max(axis=-1, keepdims=True)), axis=-1)  # inverse CDF in vocabulary order
     idx = np.minimum((cdf < (u * cdf[:, -1])[:, None]).sum(axis=-1), logits.shape[1] - 1)
-    return np.take_along_axis(order, idx[:, None], axis=-1)[:, 0].astype(np.int64)
+    return idx.astype(np.int64)
 
 
 def sample_mixture(params, rng, temperature):
