@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.base import ARModel, State, bos_where_first, shift_right
+from models.rnn import step_rnn
 
 _CELLS = {"lstm": (nn.LSTM, ("h", "c")), "gru": (nn.GRU, ("h",))}
 
@@ -122,13 +123,12 @@ class AttnRNN(ARModel):
     def _step(self, x_prev: Tensor, pos: Tensor, state: State) -> tuple[Tensor, State]:
         n = len(self.state_names)
         rnn_state, k_cache, v_cache = state[:n], state[n], state[n + 1]
-        e = self.embed(bos_where_first(x_prev, pos, self.bos)).unsqueeze(1)  # (B, 1, E)
+        e = self.embed(bos_where_first(x_prev, pos, self.bos))  # (B, E)
         # A row at position 0 starts from zeros whatever its batch slot held before, so slots can be reused;
         # its stale cache entries need no reset, the mask below hides every slot > pos.
         fresh = (pos > 0).to(e.dtype).view(-1, 1, 1)  # (B, 1, 1)
-        hx = tuple((s * fresh).transpose(0, 1).contiguous() for s in rnn_state)  # (B, L, H) -> (L, B, H)
-        h, hx = self.rnn(e, hx if n > 1 else hx[0])  # h (B, 1, H)
-        hx = hx if isinstance(hx, tuple) else (hx,)
+        h, hx = step_rnn(self.rnn, e, tuple(s * fresh for s in rnn_state))  # (B, H), each (B, L, H)
+        h = h.unsqueeze(1)  # (B, 1, H)
         q, k, v = self._heads(h)  # (B, nh, 1, hs)
         index = pos.view(-1, 1, 1, 1).expand(-1, self.config.n_head, 1, self.head_dim)  # (B, nh, 1, hs)
         k_cache = k_cache.scatter(2, index, k)  # (B, nh, length, hs)
@@ -136,4 +136,4 @@ class AttnRNN(ARModel):
         visible = (self.slots <= pos.unsqueeze(1)).view(-1, 1, 1, self.config.length)  # (B, 1, 1, length)
         a = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=visible)  # (B, nh, 1, hs)
         params = self._predict(h, a)[:, 0]  # (B, V)
-        return params, (*(s.transpose(0, 1) for s in hx), k_cache, v_cache)
+        return params, (*hx, k_cache, v_cache)

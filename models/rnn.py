@@ -7,9 +7,8 @@ Cho et al. 2014 (GRU).
     e_i = Embed(x_{i-1}) (a start token at i = 0),   h_i = RNN(e_i, h_{i-1}),   p(x_i | x_<i) = softmax(W h_i + b)
 
 The recurrence is the incremental state: the parallel pass runs the fused nn.LSTM / nn.GRU over the
-shifted sequence; the step applies the same weights with the cell equations written out, because torch's
-fused RNN kernel (oneDNN on CPU) spends ~2 ms per call setting up, 80x the cost of one step's arithmetic.
-The tests hold the two paths equal. The hidden state is O(num_layers · H) per row whatever the position.
+shifted sequence; the step applies the same weights with the cell equations written out (`step_rnn`). The
+tests hold the two paths equal. The hidden state is O(num_layers · H) per row whatever the position.
 """
 
 from __future__ import annotations
@@ -22,6 +21,43 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.base import ARModel, State, bos_where_first, shift_right
+
+
+def lstm_cell(gi: Tensor, gh: Tensor, hx: list[Tensor]) -> tuple[Tensor, ...]:
+    """One LSTM time step from the input and hidden projections: (h, c) -> (h', c')."""
+    i, f, g, o = (gi + gh).chunk(4, dim=-1)  # torch's gate order
+    c = torch.sigmoid(f) * hx[1] + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def gru_cell(gi: Tensor, gh: Tensor, hx: list[Tensor]) -> tuple[Tensor, ...]:
+    """One GRU time step from the input and hidden projections: (h,) -> (h',)."""
+    i_r, i_z, i_n = gi.chunk(3, dim=-1)  # torch's gate order
+    h_r, h_z, h_n = gh.chunk(3, dim=-1)
+    r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    return ((1 - z) * n + z * hx[0],)
+
+
+CELLS = {nn.LSTM: lstm_cell, nn.GRU: gru_cell}
+
+
+def step_rnn(rnn: nn.RNNBase, inp: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """One time step of a (multi-layer) nn.LSTM / nn.GRU with the cell equations written out on its weights.
+
+    torch's fused RNN kernel (oneDNN on CPU) spends ~2 ms per call setting up: 80x the arithmetic of one step.
+    inp (B, E), state tensors (B, L, H) -> top layer's h (B, H), new state tensors (B, L, H).
+    """
+    cell = CELLS[type(rnn)]
+    new = []
+    for layer in range(rnn.num_layers):
+        w_ih, w_hh, b_ih, b_hh = (getattr(rnn, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih",
+                                                                          "bias_hh"))
+        gi, gh = F.linear(inp, w_ih, b_ih), F.linear(state[0][:, layer], w_hh, b_hh)  # (B, G*H) each
+        out = cell(gi, gh, [s[:, layer] for s in state])
+        new.append(out)
+        inp = out[0]  # this layer's h feeds the next
+    return inp, tuple(torch.stack([n[k] for n in new], dim=1) for k in range(len(state)))
 
 
 @dataclass(frozen=True)
@@ -77,22 +113,8 @@ class CharRNN(ARModel):
         inp = self.embed(bos_where_first(x_prev, pos, self.bos))  # (B, E)
         # A row at position 0 starts from zeros whatever its batch slot held before, so slots can be reused.
         fresh = (pos > 0).to(inp.dtype).view(-1, 1, 1)  # (B, 1, 1)
-        state = tuple(s * fresh for s in state)  # each (B, L, H)
-        new = []
-        for layer in range(self.config.num_layers):
-            w_ih, w_hh, b_ih, b_hh = (getattr(self.rnn, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh",
-                                                                                   "bias_ih", "bias_hh"))
-            gi, gh = F.linear(inp, w_ih, b_ih), F.linear(state[0][:, layer], w_hh, b_hh)  # (B, G*H) each
-            out = self.cell(gi, gh, [s[:, layer] for s in state])
-            new.append(out)
-            inp = out[0]  # this layer's h feeds the next
-        next_state = tuple(torch.stack([n[k] for n in new], dim=1) for k in range(len(state)))  # (B, L, H)
-        return self.head(inp), next_state  # (B, V)
-
-    @staticmethod
-    def cell(gi: Tensor, gh: Tensor, hx: list[Tensor]) -> tuple[Tensor, ...]:
-        """One time step of one layer from the input and hidden projections: (h, ...) -> (h', ...)."""
-        raise NotImplementedError
+        h, state = step_rnn(self.rnn, inp, tuple(s * fresh for s in state))  # (B, H), each (B, L, H)
+        return self.head(h), state  # (B, V)
 
 
 class LSTM(CharRNN):
@@ -100,22 +122,8 @@ class LSTM(CharRNN):
     rnn_class = nn.LSTM
     state_names = ("h", "c")  # hidden and cell state of every layer
 
-    @staticmethod
-    def cell(gi: Tensor, gh: Tensor, hx: list[Tensor]) -> tuple[Tensor, ...]:
-        i, f, g, o = (gi + gh).chunk(4, dim=-1)  # torch's gate order
-        c = torch.sigmoid(f) * hx[1] + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
-
 
 class GRU(CharRNN):
     family = "gru"
     rnn_class = nn.GRU
     state_names = ("h",)
-
-    @staticmethod
-    def cell(gi: Tensor, gh: Tensor, hx: list[Tensor]) -> tuple[Tensor, ...]:
-        i_r, i_z, i_n = gi.chunk(3, dim=-1)  # torch's gate order
-        h_r, h_z, h_n = gh.chunk(3, dim=-1)
-        r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
-        n = torch.tanh(i_n + r * h_n)
-        return ((1 - z) * n + z * hx[0],)
