@@ -32,7 +32,8 @@ import torch
 
 import models
 from app.manifest import load_manifest
-from models.export import EagerRuntime, OnnxRuntime, Runtime, TorchScriptRuntime, export_model, placeholder_meta
+from models.export import export_model, placeholder_meta
+from models.runtimes import EagerRuntime, OnnxRuntime, Runtime, TorchScriptRuntime
 
 log = logging.getLogger("bench.backends")
 BATCH = 16

@@ -39,10 +39,10 @@ from onnx import numpy_helper
 from onnx.external_data_helper import set_external_data
 from torch import Tensor, nn
 
-from app.manifest import MANIFEST, GraphIO, Manifest, StateTensor, load_manifest, sha256_file
-from app.sampling import sample_categorical, sample_mixture
+from app.manifest import MANIFEST, GraphIO, Manifest, StateTensor, sha256_file
 from models.base import ARModel, params_log_prob
 from models.checkpoint import CheckpointError, load_checkpoint
+from models.runtimes import EagerRuntime, OnnxRuntime, Runtime, TorchScriptRuntime, step_loop
 
 OPSET = 17  # LayerNormalization and the opset-17 reductions; every onnxruntime since 1.12 runs it
 WEIGHTS = "weights.bin"
@@ -158,115 +158,6 @@ def _step_example(model: ARModel, batch: int) -> tuple[Tensor, Tensor, list[Tens
     x_prev = random_x(model, batch, 1, seed=PARITY_SEED)[:, 0]
     pos = torch.arange(batch) * max(1, model.length // batch) % model.length  # rows at different positions
     return x_prev, pos, list(model.init_state(batch))
-
-
-# ----- runtimes behind one numpy interface (parity gate and benchmarks) ----------------------------
-
-
-class Runtime:
-    """log_prob / init_state / step on numpy arrays, for the eager model or an exported artifact."""
-
-    name = ""
-
-    def log_prob(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def init_state(self, batch: int) -> list[np.ndarray]:
-        raise NotImplementedError
-
-    def step(self, x_prev: np.ndarray, pos: np.ndarray, state: list[np.ndarray]):
-        raise NotImplementedError
-
-
-class EagerRuntime(Runtime):
-    name = "eager"
-
-    def __init__(self, model: ARModel):
-        self.model = model
-
-    @torch.inference_mode()
-    def log_prob(self, x):
-        return self.model.log_prob(torch.from_numpy(x)).numpy()
-
-    def init_state(self, batch):
-        return [s.numpy() for s in self.model.init_state(batch)]
-
-    @torch.inference_mode()
-    def step(self, x_prev, pos, state):
-        params, new = self.model.step(torch.from_numpy(x_prev), torch.from_numpy(pos),
-                                      tuple(torch.from_numpy(s) for s in state))
-        return params.numpy(), [s.numpy() for s in new]
-
-
-class TorchScriptRuntime(Runtime):
-    name = "torchscript"
-
-    def __init__(self, path: str | Path):
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
-            self.module = torch.jit.load(str(path), map_location="cpu").eval()
-
-    @torch.inference_mode()
-    def log_prob(self, x):
-        return self.module.log_prob(torch.from_numpy(x)).numpy()
-
-    def init_state(self, batch):
-        return [s.numpy() for s in self.module.init_state(batch)]
-
-    @torch.inference_mode()
-    def step(self, x_prev, pos, state):
-        params, new = self.module.step(torch.from_numpy(x_prev), torch.from_numpy(pos),
-                                       [torch.from_numpy(s) for s in state])
-        return params.numpy(), [s.numpy() for s in new]
-
-
-class OnnxRuntime(Runtime):
-    name = "onnxruntime"
-
-    def __init__(self, folder: str | Path, state: list[StateTensor], threads: int | None = None):
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
-        opts.inter_op_num_threads = 1
-        providers = ["CPUExecutionProvider"]
-        self.score = ort.InferenceSession(str(Path(folder) / "score.onnx"), opts, providers=providers)
-        self.step_session = ort.InferenceSession(str(Path(folder) / "step.onnx"), opts, providers=providers)
-        self.state = state
-
-    @classmethod
-    def from_folder(cls, folder: str | Path, threads: int | None = None) -> OnnxRuntime:
-        return cls(folder, load_manifest(folder).state, threads)
-
-    def log_prob(self, x):
-        return self.score.run(["log_prob"], {"x": x})[0]
-
-    def init_state(self, batch):
-        return [np.zeros([batch, *s.shape[1:]], dtype=s.dtype) for s in self.state]
-
-    def step(self, x_prev, pos, state):
-        feeds = {"x_prev": x_prev, "pos": pos, **{s.name: v for s, v in zip(self.state, state, strict=True)}}
-        params, *new = self.step_session.run(None, feeds)
-        return params, new
-
-
-def draw(dist: str, params: np.ndarray, rng: np.random.Generator, temperature: float) -> np.ndarray:
-    if dist == "gaussian_mixture":
-        return sample_mixture(params, rng, temperature)
-    return sample_categorical(params, rng, temperature)
-
-
-def step_loop(rt: Runtime, dist: str, token_dtype: np.dtype, batch: int, steps: int, seed: int,
-              temperature: float) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens [B, steps], params [B, steps, P]) of a seeded generation through rt.step."""
-    rng = np.random.default_rng(seed)
-    state = rt.init_state(batch)
-    x = np.zeros(batch, dtype=token_dtype)
-    tokens, params_seen = [], []
-    for t in range(steps):
-        params, state = rt.step(x, np.full(batch, t, dtype=np.int64), state)
-        x = draw(dist, params, rng, temperature)
-        tokens.append(x)
-        params_seen.append(params)
-    return np.stack(tokens, 1), np.stack(params_seen, 1)
 
 
 # ----- the parity gate -----------------------------------------------------------------------------

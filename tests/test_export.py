@@ -27,8 +27,6 @@ from models.export import (
     INLINE_MAX_BYTES,
     WEIGHTS,
     ExportError,
-    OnnxRuntime,
-    TorchScriptRuntime,
     check_close,
     check_tokens,
     export_checkpoint,
@@ -37,6 +35,7 @@ from models.export import (
     placeholder_meta,
 )
 from models.generate import generate_cached
+from models.runtimes import OnnxRuntime, TorchScriptRuntime
 
 FAMILIES = sorted(models.REGISTRY)
 RUNNER = Path(__file__).with_name("export_fresh_runner.py")
