@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install serve test lint bench clean
+.PHONY: install serve test lint train clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,6 +18,10 @@ serve: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# make train R=nade-mnist: train (or resume) models/recipes/$(R).toml, then evaluate and export it
+train: install
+	$(BIN)/python -m models.train models/recipes/$(R).toml
 
 lint: install
 	$(BIN)/ruff check .
