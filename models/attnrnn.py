@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.base import ARModel, State, bos_where_first, shift_right
+from models.base import ARModel, State, attend_cached, bos_where_first, cache_slots, shift_right
 from models.rnn import step_rnn
 
 _CELLS = {"lstm": (nn.LSTM, ("h", "c")), "gru": (nn.GRU, ("h",))}
@@ -129,11 +129,7 @@ class AttnRNN(ARModel):
         fresh = (pos > 0).to(e.dtype).view(-1, 1, 1)  # (B, 1, 1)
         h, hx = step_rnn(self.rnn, e, tuple(s * fresh for s in rnn_state))  # (B, H), each (B, L, H)
         h = h.unsqueeze(1)  # (B, 1, H)
-        q, k, v = self._heads(h)  # (B, nh, 1, hs)
-        index = pos.view(-1, 1, 1, 1).expand(-1, self.config.n_head, 1, self.head_dim)  # (B, nh, 1, hs)
-        k_cache = k_cache.scatter(2, index, k)  # (B, nh, length, hs)
-        v_cache = v_cache.scatter(2, index, v)
-        visible = (self.slots <= pos.unsqueeze(1)).view(-1, 1, 1, self.config.length)  # (B, 1, 1, length)
-        a = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=visible)  # (B, nh, 1, hs)
+        index, visible = cache_slots(pos, self.slots, self.config.n_head, self.head_dim)
+        a, k_cache, v_cache = attend_cached(*self._heads(h), k_cache, v_cache, index, visible)  # a (B, nh, 1, hs)
         params = self._predict(h, a)[:, 0]  # (B, V)
         return params, (*hx, k_cache, v_cache)

@@ -180,3 +180,25 @@ def shift_right(x: Tensor, start: int | float) -> Tensor:
     """[B, T] -> [B, T]: the inputs seen at each position (start token, then x_0 .. x_{T-2})."""
     first = torch.full_like(x[:, :1], start)
     return torch.cat([first, x[:, :-1]], dim=1)
+
+
+# ----- the static key/value cache shared by the attention families -------------------------------------
+
+
+def cache_slots(pos: Tensor, slots: Tensor, n_head: int, head_dim: int) -> tuple[Tensor, Tensor]:
+    """Where each row writes this step's key/value, and which cache slots it may attend to (j <= pos).
+
+    pos (B,), slots = arange(length) -> index (B, nh, 1, hs), visible (B, 1, 1, length). Computed once per
+    step and shared by every layer."""
+    index = pos.view(-1, 1, 1, 1).expand(-1, n_head, 1, head_dim)
+    visible = (slots <= pos.unsqueeze(1)).view(-1, 1, 1, slots.shape[0])
+    return index, visible
+
+
+def attend_cached(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, index: Tensor,
+                  visible: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Write this position's k, v (B, nh, 1, hs) into the caches (B, nh, length, hs) and attend over the
+    visible slots. The scatter is functional: state in -> state out, the caller's tensors never mutate."""
+    k_cache = k_cache.scatter(2, index, k)
+    v_cache = v_cache.scatter(2, index, v)
+    return F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=visible), k_cache, v_cache  # y (B, nh, 1, hs)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.base import ARModel, State, bos_where_first, shift_right
+from models.base import ARModel, State, attend_cached, bos_where_first, cache_slots, shift_right
 
 
 @dataclass(frozen=True)
@@ -73,11 +73,7 @@ class CausalSelfAttention(nn.Module):
 
     def step(self, x: Tensor, index: Tensor, visible: Tensor, k_cache: Tensor, v_cache: Tensor):
         """x (B, 1, C) at each row's position; index (B, nh, 1, hs) = that position; visible (B, 1, 1, length)."""
-        q, k, v = self._heads(x)  # (B, nh, 1, hs)
-        # Functional scatter: the graph maps state in -> state out and never mutates the caller's tensors.
-        k_cache = k_cache.scatter(2, index, k)  # (B, nh, length, hs)
-        v_cache = v_cache.scatter(2, index, v)
-        y = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=visible)  # (B, nh, 1, hs)
+        y, k_cache, v_cache = attend_cached(*self._heads(x), k_cache, v_cache, index, visible)  # y (B, nh, 1, hs)
         return self._merge(y), k_cache, v_cache
 
 
@@ -153,8 +149,7 @@ class Transformer(ARModel):
 
     def _step(self, x_prev: Tensor, pos: Tensor, state: State) -> tuple[Tensor, State]:
         h = (self.wte(bos_where_first(x_prev, pos, self.bos)) + self.wpe(pos)).unsqueeze(1)  # (B, 1, C)
-        index = pos.view(-1, 1, 1, 1).expand(-1, self.config.n_head, 1, self.head_dim)  # (B, nh, 1, hs)
-        visible = (self.slots <= pos.unsqueeze(1)).view(-1, 1, 1, self.config.length)  # (B, 1, 1, length)
+        index, visible = cache_slots(pos, self.slots, self.config.n_head, self.head_dim)
         new_state = []
         for i, block in enumerate(self.blocks):
             h, k_cache, v_cache = block.step(h, index, visible, state[2 * i], state[2 * i + 1])
