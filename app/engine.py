@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.backends import Backend
-from app.sampling import log_softmax, mixture_log_density, sample_categorical, sample_mixture
+from app.sampling import mixture_log_density, sample_mixture, sample_row, token_log_softmax
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Generation:
             token, out = self.spec.prefix[self.pos], None
         else:
             token = self._draw(params)
-            out = (token.item(), token_logprob(params, token, self.mixture))
+            out = (token, token_logprob(params, token, self.mixture))
             self.tokens.append(out[0])
             self.logprobs.append(out[1])
             self.first_token = self.first_token or now
@@ -77,8 +77,8 @@ class Generation:
     def _draw(self, params: np.ndarray):
         s = self.spec
         if self.mixture:
-            return sample_mixture(params[None], self.rng, s.temperature)[0]
-        return sample_categorical(params[None], self.rng, s.temperature, s.top_k, s.top_p)[0]
+            return sample_mixture(params[None], self.rng, s.temperature)[0].item()  # float32 -> exact float
+        return sample_row(params, self.rng, s.temperature, s.top_k, s.top_p)
 
     def timings(self) -> dict[str, float]:
         end = self.finished or time.perf_counter()
@@ -97,7 +97,7 @@ class Generation:
 def token_logprob(params: np.ndarray, token, mixture: bool) -> float:
     if mixture:
         return float(mixture_log_density(params[None], np.array([token]))[0])
-    return float(log_softmax(params[None])[0, int(token)])
+    return token_log_softmax(params, int(token))
 
 
 def step_batch(backend: Backend, gens: list[Generation]) -> list[tuple[float | int, float] | None]:

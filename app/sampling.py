@@ -13,30 +13,38 @@ import numpy as np
 def sample_categorical(
     logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
 ) -> np.ndarray:
-    """logits [B, V] -> tokens [B] (int64). temperature 0 is greedy; top_k 0 and top_p 1 are off.
-
-    The draw is the inverse CDF of one uniform per row, in vocabulary order; top-k and top-p only zero out
-    tokens (ties at a threshold are kept), so no sort is needed unless a filter asks for one: this runs once
-    per generated token.
-    """
+    """logits [B, V] -> tokens [B] (int64), row by row (see sample_row). Drawing the rows one at a time takes
+    the same uniforms, in the same order, as one batched draw would."""
     logits = np.asarray(logits, dtype=np.float64)
-    u = rng.random(logits.shape[0])  # drawn even when greedy, so that the stream of draws never shifts
+    return np.array([sample_row(row, rng, temperature, top_k, top_p) for row in logits], dtype=np.int64)
+
+
+def sample_row(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0, top_k: int = 0,
+               top_p: float = 1.0) -> int:
+    """logits [V] -> one token. temperature 0 is greedy; top_k 0 and top_p 1 are off.
+
+    The draw is the inverse CDF of one uniform, in vocabulary order; top-k and top-p only zero out tokens
+    (ties at a threshold are kept), so no sort is needed unless a filter asks for one. This runs once per
+    generated token, so it is written for a single row: a handful of numpy calls on a [V] vector.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    u = rng.random()  # drawn even when greedy, so that the stream of draws never shifts
     if temperature == 0 or top_k == 1:
-        return logits.argmax(axis=-1).astype(np.int64)
-    z = logits / temperature
-    p = np.exp(z - z.max(axis=-1, keepdims=True))  # (B, V) unnormalized probabilities
-    V = p.shape[1]
+        return int(z.argmax())
+    if temperature != 1:
+        z = z / temperature
+    p = np.exp(z - z.max())  # (V,) unnormalized probabilities
+    V = p.shape[0]
     if 1 < top_k < V:
-        kth = -np.partition(-p, top_k - 1, axis=-1)[:, top_k - 1 : top_k]  # (B, 1) the k-th largest
+        kth = -np.partition(-p, top_k - 1)[top_k - 1]  # the k-th largest
         p = np.where(p >= kth, p, 0.0)
     if top_p < 1.0:
-        desc = -np.sort(-p, axis=-1)  # (B, V) most likely first
-        mass = desc / desc.sum(axis=-1, keepdims=True)
-        kept = ((np.cumsum(mass, axis=-1) - mass) < top_p).sum(axis=-1)  # smallest set reaching top_p (>= 1)
-        p = np.where(p >= np.take_along_axis(desc, kept[:, None] - 1, axis=-1), p, 0.0)
-    cdf = np.cumsum(p, axis=-1)
-    idx = (cdf < (u * cdf[:, -1])[:, None]).sum(axis=-1)
-    return np.minimum(idx, V - 1).astype(np.int64)
+        desc = -np.sort(-p)  # most likely first
+        mass = desc / desc.sum()
+        kept = int(((np.cumsum(mass) - mass) < top_p).sum())  # smallest set reaching top_p (>= 1)
+        p = np.where(p >= desc[kept - 1], p, 0.0)
+    cdf = np.cumsum(p)
+    return min(int(cdf.searchsorted(u * cdf[-1])), V - 1)  # = the number of cdf entries below u * total
 
 
 def sample_mixture(params: np.ndarray, rng: np.random.Generator, temperature: float = 1.0) -> np.ndarray:
@@ -51,6 +59,13 @@ def sample_mixture(params: np.ndarray, rng: np.random.Generator, temperature: fl
     rows = np.arange(params.shape[0])
     value = mu[rows, comp] + temperature * np.exp(log_sigma[rows, comp]) * noise
     return value.astype(np.float32)
+
+
+def token_log_softmax(logits: np.ndarray, token: int) -> float:
+    """log softmax(logits [V])[token], for one row: the per-token log-prob reported with every draw."""
+    z = np.asarray(logits, dtype=np.float64)
+    m = z.max()
+    return float(z[token] - m - np.log(np.exp(z - m).sum()))
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

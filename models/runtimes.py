@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+import models
 from app.manifest import StateTensor, load_manifest
 from app.sampling import sample_categorical, sample_mixture
 from models.base import ARModel
@@ -36,8 +37,22 @@ class Runtime:
 class EagerRuntime(Runtime):
     name = "eager"
 
-    def __init__(self, model: ARModel):
+    def __init__(self, model: ARModel, checked: bool = True):
+        """checked=False calls the unchecked cores (`_step`), to time the algorithm without input validation."""
         self.model = model
+        self._step = model.step if checked else model._step
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, checked: bool = True) -> EagerRuntime:
+        """The eager model of an exported folder: its family and config from the manifest, weights from model.pt."""
+        m = load_manifest(folder)
+        model = models.build(m.family, m.config)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
+            scripted = torch.jit.load(str(Path(folder) / "model.pt"), map_location="cpu")
+        prefix = "traced.model."  # TorchScriptModel -> traced _Core -> the model
+        model.load_state_dict({k[len(prefix):]: v for k, v in scripted.state_dict().items() if k.startswith(prefix)})
+        return cls(model.eval(), checked)
 
     @torch.inference_mode()
     def log_prob(self, x):
@@ -48,8 +63,8 @@ class EagerRuntime(Runtime):
 
     @torch.inference_mode()
     def step(self, x_prev, pos, state):
-        params, new = self.model.step(torch.from_numpy(x_prev), torch.from_numpy(pos),
-                                      tuple(torch.from_numpy(s) for s in state))
+        params, new = self._step(torch.from_numpy(x_prev), torch.from_numpy(pos),
+                                 tuple(torch.from_numpy(s) for s in state))
         return params.numpy(), [s.numpy() for s in new]
 
 
