@@ -3,14 +3,14 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install serve test lint train clean
+.PHONY: install serve test lint train bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,bench]'
 
 serve: install
 	$(BIN)/uvicorn app.main:app --host $${ARSERVE_HOST:-0.0.0.0} --port $${ARSERVE_PORT:-8000}
@@ -22,6 +22,10 @@ test: install
 # make train R=nade-mnist: train (or resume) models/recipes/$(R).toml, then evaluate and export it
 train: install
 	$(BIN)/python -m models.train models/recipes/$(R).toml
+
+# make bench [Q=1]: the benchmark suite on the shipped models (Q=1: the quick smoke run, under a minute)
+bench: install
+	$(BIN)/python -m bench $(if $(Q),--quick,)
 
 lint: install
 	$(BIN)/ruff check .

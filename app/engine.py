@@ -100,21 +100,43 @@ def token_logprob(params: np.ndarray, token, mixture: bool) -> float:
     return token_log_softmax(params, int(token))
 
 
+class Batch:
+    """Generations stepped together: one batched `step` call per position, each row at its own position.
+
+    The batched state is kept between steps for as long as the members stay the same, so a step costs one
+    backend call and no copying of the members' states (a Transformer's KV cache is megabytes per row). Members
+    get their rows back, as views, by `release()`, which the owner calls before regrouping them.
+    """
+
+    def __init__(self, gens: list[Generation]):
+        self.gens = list(gens)
+        if len(gens) == 1:
+            self.state = gens[0].state
+        else:
+            self.state = [np.concatenate([g.state[i] for g in gens]) for i in range(len(gens[0].state))]  # (B, ...)
+
+    def step(self, backend: Backend) -> list[tuple[float | int, float] | None]:
+        """Advance every member by one position; per member, what `Generation.accept` returns."""
+        gens = self.gens
+        x_prev = np.array([g.x_prev for g in gens], dtype=gens[0].token_dtype)  # (B,)
+        pos = np.array([g.pos for g in gens], dtype=np.int64)  # (B,)
+        params, self.state = backend.step(x_prev, pos, self.state)  # (B, P)
+        params = np.asarray(params, dtype=np.float64)
+        return [g.accept(params[r]) for r, g in enumerate(gens)]
+
+    def release(self) -> None:
+        """Hand each member its row of the batched state (views: the next concatenate copies)."""
+        for r, g in enumerate(self.gens):
+            g.state = [s[r : r + 1] for s in self.state]
+
+
 def step_batch(backend: Backend, gens: list[Generation]) -> list[tuple[float | int, float] | None]:
-    """Advance every generation by one position with one batched `step` call (rows at their own positions)."""
-    x_prev = np.array([g.x_prev for g in gens], dtype=gens[0].token_dtype)  # (B,)
-    pos = np.array([g.pos for g in gens], dtype=np.int64)  # (B,)
-    if len(gens) == 1:
-        state = gens[0].state
-    else:
-        state = [np.concatenate([g.state[i] for g in gens]) for i in range(len(gens[0].state))]  # (B, ...)
-    params, new_state = backend.step(x_prev, pos, state)  # (B, P)
-    params = np.asarray(params, dtype=np.float64)
-    out = []
-    for r, g in enumerate(gens):
-        g.state = [s[r : r + 1] for s in new_state]  # (1, ...) views; the next concatenate copies
-        out.append(g.accept(params[r]))
-    return out
+    """One batched step of `gens`, their states regrouped before and handed back after."""
+    batch = Batch(gens)
+    try:
+        return batch.step(backend)
+    finally:
+        batch.release()
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """One worker thread per model, fed by a queue: blocking torch / ONNX Runtime calls never touch the event loop.
 
 The thread runs scoring jobs as they come and advances every open stream of its model by one position per
-turn, batching the streams that use the same backend into one `step` call. Results go back to the event
-loop with call_soon_threadsafe. A stream whose reader falls `BUFFER` tokens behind is paused (so a stalled
-client costs no compute), and a cancelled stream is dropped at the next turn.
+turn, batching the streams that use the same backend into one `step` call (whose batched state is kept
+while the grouping holds). A turn's results go back to the event loop in one call_soon_threadsafe. A stream
+whose reader falls `BUFFER` tokens behind is paused (so a stalled client costs no compute), and a cancelled
+stream is dropped at the next turn.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app.backends import Backend
-from app.engine import Generation, step_batch
+from app.engine import Batch, Generation
 
 log = logging.getLogger("arserve")
 
@@ -42,11 +43,23 @@ class Stream:
 
     async def get(self) -> tuple:
         item = await self.items.get()
-        if item[0] == "token":
-            self.consumed += 1
+        self._consumed([item])
+        return item
+
+    def drain(self) -> list[tuple]:
+        """The items already delivered, without waiting (so that a reader can write them out together)."""
+        items = []
+        while not self.items.empty():
+            items.append(self.items.get_nowait())
+        self._consumed(items)
+        return items
+
+    def _consumed(self, items: list[tuple]) -> None:
+        tokens = sum(1 for item in items if item[0] == "token")
+        if tokens:
+            self.consumed += tokens
             if self.paused:  # consumed is written before paused is read: no lost wake-up (see _runnable)
                 self.worker.wake()
-        return item
 
     def cancel(self) -> None:
         if not self.cancelled:
@@ -54,11 +67,23 @@ class Stream:
             self.worker.wake()
 
     def push(self, item: tuple) -> None:
-        """Worker thread -> event loop."""
-        try:
-            self.loop.call_soon_threadsafe(self.items.put_nowait, item)
-        except RuntimeError:  # the loop is gone (shutdown): nobody listens any more
-            self.cancelled = True
+        """Worker thread -> event loop, one item (a worker's turn delivers its tokens together instead)."""
+        _deliver(self.loop, [(self, [item])])
+
+
+def _deliver(loop: asyncio.AbstractEventLoop, batch: list[tuple[Stream, list[tuple]]]) -> None:
+    """Hand a turn's items to the event loop in one call_soon_threadsafe (one wake-up, not one per token)."""
+
+    def put() -> None:
+        for stream, items in batch:
+            for item in items:
+                stream.items.put_nowait(item)
+
+    try:
+        loop.call_soon_threadsafe(put)
+    except RuntimeError:  # the loop is gone (shutdown): nobody listens any more
+        for stream, _ in batch:
+            stream.cancelled = True
 
 
 class ModelWorker:
@@ -66,6 +91,8 @@ class ModelWorker:
         self.name, self.backend, self.metrics, self.max_rows = name, backend, metrics, max_rows
         self.inbox: queue.Queue = queue.Queue()
         self.streams: list[Stream] = []
+        # The open batches and the (backend, streams) grouping they were built for: kept while it holds.
+        self.batches: list[tuple[str, list[Stream], Batch]] = []
         self.thread = threading.Thread(target=self._run, name=f"arserve-{name}", daemon=True)
 
     def start(self) -> None:
@@ -162,15 +189,24 @@ class ModelWorker:
     def _advance(self) -> None:
         self.streams = [s for s in self.streams if not s.cancelled]
         runnable = self._runnable()
-        for backend in {s.backend for s in runnable}:
+        plan = []  # (backend, streams) per batched step call
+        for backend in sorted({s.backend for s in runnable}):
             group = [s for s in runnable if s.backend == backend]
-            for i in range(0, len(group), self.max_rows):
-                self._step(backend, group[i : i + self.max_rows])
+            plan += [(backend, group[i : i + self.max_rows]) for i in range(0, len(group), self.max_rows)]
+        if [(b, [id(s) for s in g]) for b, g in plan] != [(b, [id(s) for s in g]) for b, g, _ in self.batches]:
+            for *_, batch in self.batches:  # every stream gets its state back before any is regrouped
+                batch.release()
+            self.batches = [(b, g, Batch([s.gen for s in g])) for b, g in plan]
+        outbox: list[tuple[Stream, list[tuple]]] = []
+        for backend, group, batch in self.batches:
+            self._step(backend, group, batch, outbox)
+        if outbox:
+            _deliver(outbox[0][0].loop, outbox)  # every stream of a server lives on its one event loop
 
-    def _step(self, backend: str, group: list[Stream]) -> None:
+    def _step(self, backend: str, group: list[Stream], batch: Batch, outbox: list) -> None:
         self.metrics.step_rows.labels(self.name).observe(len(group))
         try:
-            outs = step_batch(self.backend(backend), [s.gen for s in group])
+            outs = batch.step(self.backend(backend))
         except Exception as e:
             log.exception("step failed on %s", self.name)
             for s in group:
@@ -179,13 +215,16 @@ class ModelWorker:
             return
         drawn = 0
         for s, out in zip(group, outs, strict=True):
+            items = []
             if out is not None:
                 s.produced += 1
                 drawn += 1
-                s.push(("token", s.gen.pos - 1, *out))
+                items.append(("token", s.gen.pos - 1, *out))
             if s.gen.done:
-                s.push(("done", s.gen))
+                items.append(("done", s.gen))
                 s.cancelled = True  # finished: leaves the worker at the next turn
+            if items:
+                outbox.append((s, items))
         if drawn:
             self.metrics.tokens.labels(self.name).inc(drawn)
 

@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import logging
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +30,7 @@ import torch
 
 import models
 from app.manifest import load_manifest
+from bench.common import Context, Figure, median_seconds
 from models.export import export_model, placeholder_meta
 from models.runtimes import EagerRuntime, OnnxRuntime, Runtime, TorchScriptRuntime
 
@@ -39,17 +38,6 @@ log = logging.getLogger("bench.backends")
 BATCH = 16
 MAX_T = 256
 RUNTIMES = ("onnxruntime", "torchscript", "eager")
-
-
-def median_seconds(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def inputs(manifest, rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -67,8 +55,8 @@ def time_runtime(rt: Runtime, manifest, warmup: int, repeats: int) -> tuple[floa
     state = rt.init_state(1)
     x_prev = x[:1, max(pos - 1, 0)].copy()
     pos_arr = np.array([pos], dtype=np.int64)
-    step = median_seconds(lambda: rt.step(x_prev, pos_arr, state), warmup, repeats)
-    score = median_seconds(lambda: rt.log_prob(x), warmup, repeats)
+    step = median_seconds(lambda: rt.step(x_prev, pos_arr, state), repeats, warmup)
+    score = median_seconds(lambda: rt.log_prob(x), repeats, warmup)
     return step, score
 
 
@@ -81,6 +69,24 @@ def bench_folder(folder: Path, eager: Runtime | None, threads: int, warmup: int,
     T = inputs(manifest, np.random.default_rng(0))[0].shape[1]
     return {"name": manifest.name, "family": manifest.family, "T": T,
             "sizes": {f: e.bytes for f, e in manifest.files.items()}, "times": times}
+
+
+def run(ctx: Context) -> list[Figure]:
+    """The `python -m bench` section: every shipped model through the three runtimes (eager rebuilt from the
+    manifest's config and model.pt's weights)."""
+    warmup, repeats = (2, 5) if ctx.quick else (5, 30)
+    figures = []
+    for folder in ctx.models():
+        log.info("backends: %s", folder.name)
+        row = bench_folder(folder, EagerRuntime.from_folder(folder), ctx.threads, warmup, repeats)
+        for what, i, shape in (("step", 0, "[1]"), ("log_prob", 1, f"[{BATCH}, {row['T']}]")):
+            config = {"model": row["name"], "family": row["family"], "input": shape, "repeats": repeats}
+            for rt, times in row["times"].items():
+                figures.append(Figure("backends", f"{row['name']} {what} ({rt})", times[i] * 1e3, "ms",
+                                      {**config, "runtime": rt}))
+            figures.append(Figure("backends", f"{row['name']} {what}: eager / onnxruntime",
+                                  row["times"]["eager"][i] / row["times"]["onnxruntime"][i], "x", config))
+    return figures
 
 
 def fmt_bytes(n: int) -> str:

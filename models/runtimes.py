@@ -51,7 +51,9 @@ class EagerRuntime(Runtime):
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
             scripted = torch.jit.load(str(Path(folder) / "model.pt"), map_location="cpu")
         prefix = "traced.model."  # TorchScriptModel -> traced _Core -> the model
-        model.load_state_dict({k[len(prefix):]: v for k, v in scripted.state_dict().items() if k.startswith(prefix)})
+        saved = {k[len(prefix):]: v for k, v in scripted.state_dict().items() if k.startswith(prefix)}
+        # TorchScript keeps non-persistent buffers (masks, slot tables) too; the model rebuilds those itself
+        model.load_state_dict({k: saved[k] for k in model.state_dict()})
         return cls(model.eval(), checked)
 
     @torch.inference_mode()

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import platform
+import signal
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -87,6 +88,7 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.rng = np.random.default_rng(self.cfg.seed)
         self.step, self.elapsed, self.best = 0, 0.0, math.inf
+        self.stop_requested = False
         self.history: list[dict] = []
 
     # ----- checkpoints -------------------------------------------------------------------------
@@ -162,6 +164,11 @@ class Trainer:
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_at(self.step, self.elapsed, cfg):.1e}")
             if self.step % cfg.eval_every == 0 or self.step >= cfg.max_steps or self.elapsed >= budget:
                 self.validate()
+            if self.stop_requested:  # SIGTERM/SIGINT: keep every finished step, resume later from last.pt
+                self.save("last")
+                log.info("stopped at step %d (%.1f min); resume with the same command", self.step,
+                         self.elapsed / 60)
+                raise SystemExit(143)
         bar.close()
 
     def validate(self) -> None:
@@ -207,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     run_dir = Path(args.runs) / recipe.name
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(recipe, run_dir)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: setattr(trainer, "stop_requested", True))
     if not args.finish_only:
         trainer.resume()
         trainer.run()

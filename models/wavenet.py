@@ -12,6 +12,8 @@ maps, one for the past tap and one for the current one: the parallel pass applie
 sequence shifted right by d (zero-padded, as a causal conv pads), and the step applies it to the oldest
 entry of a FIFO queue holding the layer's last d inputs. Each step pops that entry, pushes the current input
 and costs O(layers), independent of the receptive field. Zero-initialised queues match the zero padding.
+The queues are rings (slot pos % d) side by side in one state tensor, so a step reads every layer's past input
+with one gather and stores the new ones with one scatter, instead of shifting 20 queues.
 """
 
 from __future__ import annotations
@@ -71,6 +73,10 @@ class WaveNet(ARModel):
         self.res = nn.ModuleList(nn.Linear(C, C) for _ in range(n))  # 1x1 convs
         self.skip = nn.ModuleList(nn.Linear(C, S) for _ in range(n))
         self.head = nn.Sequential(nn.ReLU(), nn.Linear(S, S), nn.ReLU(), nn.Linear(S, V))
+        # The step's queues: the input conv's (1 slot), then one ring per layer (dilation slots), in one tensor.
+        sizes = torch.tensor((1, *config.dilations))
+        self.register_buffer("ring_size", sizes, persistent=False)
+        self.register_buffer("ring_start", torch.cumsum(sizes, 0) - sizes, persistent=False)
 
     @classmethod
     def tiny_configs(cls) -> list[WaveNetConfig]:
@@ -81,46 +87,50 @@ class WaveNet(ARModel):
         ]
 
     def state_spec(self):
-        C = self.config.residual_channels
-        return [("queue_in", (C, 1), torch.float32)] + [
-            (f"queue{i}", (C, d), torch.float32) for i, d in enumerate(self.config.dilations)
-        ]
+        return [("queues", (int(self.ring_size.sum()), self.config.residual_channels), torch.float32)]
 
-    def _layer(self, i: int, past: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        """Residual block i on (input d steps ago, current input) [..., C] -> (new h, skip contribution)."""
-        f, g = (self.dil_past[i](past) + self.dil_cur[i](h)).chunk(2, dim=-1)
+    def _gated(self, i: int, past_tap: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Residual block i on (its past tap W_past · h[t - d], current input h[t]) -> (new h, gated activation z)."""
+        C = self.config.residual_channels
+        f, g = torch.split(past_tap + self.dil_cur[i](h), [C, C], dim=-1)
         z = torch.tanh(f) * torch.sigmoid(g)
-        return h + self.res[i](z), self.skip[i](z)
+        return h + self.res[i](z), z
+
+    def _skip(self, zs: list[Tensor]) -> Tensor:
+        """Σ_l S_l z_l as one matmul over the layers' concatenated activations (one op instead of 2L)."""
+        weight = torch.cat([s.weight for s in self.skip], dim=1)  # (S, L*C)
+        bias = torch.stack([s.bias for s in self.skip]).sum(0)  # (S,)
+        return F.linear(torch.cat(zs, dim=-1), weight, bias)
 
     def _conditionals(self, x: Tensor) -> Tensor:
         e = self.embed(shift_right(x, BOS))  # (B, T, C): x_{t-1} at t, BOS at 0
         h = self.in_past(delay(e, 1)) + self.in_cur(e)
-        skip = 0
+        zs = []
         for i, d in enumerate(self.config.dilations):
-            h, s = self._layer(i, delay(h, d), h)
-            skip = skip + s  # (B, T, S)
-        return self.head(skip)  # (B, T, V)
+            h, z = self._gated(i, self.dil_past[i](delay(h, d)), h)
+            zs.append(z)
+        return self.head(self._skip(zs))  # (B, T, V)
 
     def _step(self, x_prev: Tensor, pos: Tensor, state: State) -> tuple[Tensor, State]:
-        q_in, *queues = state
+        (queues,) = state  # (B, Q, C): every layer's FIFO queue side by side, each a ring of `dilation` slots
+        B, C, L = queues.shape[0], self.config.residual_channels, len(self.config.dilations)  # C, L static
+        # A ring's slot pos % d holds its input from d steps ago, the one this step reads; this step's input
+        # then overwrites it. One gather reads all the layers' past inputs and one scatter writes the new ones.
+        slots = (self.ring_start + pos.unsqueeze(1) % self.ring_size).unsqueeze(2).expand(B, L + 1, C)
+        past = queues.gather(1, slots)  # (B, L+1, C): the input conv's, then one row per layer
+        # Every layer's past tap at once: (B, L, 1, C) @ (L, C, 2C) -> (B, L * 2C)
+        w_past = torch.stack([lin.weight.t() for lin in self.dil_past])
+        past_taps = torch.matmul(past[:, 1:].unsqueeze(2), w_past).reshape(B, L * 2 * C)
         e = self.embed(bos_where_first(x_prev, pos, BOS))  # (B, C)
-        h = self.in_past(q_in[:, :, 0]) + self.in_cur(e)
-        new_state = [push(q_in, e, 1)]
-        skip = 0
-        for i, (q, d) in enumerate(zip(queues, self.config.dilations, strict=True)):
-            new_state.append(push(q, h, d))  # this layer's input, needed again d steps from now
-            h, s = self._layer(i, q[:, :, 0], h)  # q[..., 0] is the input from d steps ago
-            skip = skip + s  # (B, S)
-        return self.head(skip), tuple(new_state)  # (B, V)
-
+        h = self.in_past(past[:, 0]) + self.in_cur(e)
+        inputs, zs = [e], []
+        for i in range(L):
+            inputs.append(h)  # this layer's input, read again d steps from now
+            h, z = self._gated(i, past_taps[:, 2 * C * i : 2 * C * (i + 1)], h)
+            zs.append(z)
+        new_queues = queues.scatter(1, slots, torch.cat(inputs, dim=1).reshape(B, L + 1, C))
+        return self.head(self._skip(zs)), (new_queues,)  # (B, V)
 
 def delay(h: Tensor, d: int) -> Tensor:
     """(B, T, C) -> (B, T, C) shifted d steps later along time, zeros first: out[:, t] = h[:, t - d]."""
     return F.pad(h, (0, 0, d, 0))[:, : -d]
-
-
-def push(q: Tensor, v: Tensor, d: int) -> Tensor:
-    """FIFO queue (B, C, d): drop the oldest column, append v (B, C) as the newest."""
-    if d == 1:  # the queue is just v (and ONNX need not see an empty slice)
-        return v.unsqueeze(2)
-    return torch.cat([q[:, :, 1:], v.unsqueeze(2)], dim=2)
