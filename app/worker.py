@@ -68,31 +68,22 @@ class Stream:
 
     def push(self, item: tuple) -> None:
         """Worker thread -> event loop, one item (a worker's turn delivers its tokens together instead)."""
-        _deliver(self.loop, [(self, [item])])
-
-
-def _deliver(loop: asyncio.AbstractEventLoop, batch: list[tuple[Stream, list[tuple]]]) -> None:
-    """Hand a turn's items to the event loop in one call_soon_threadsafe (one wake-up, not one per token)."""
-
-    def put() -> None:
-        for stream, items in batch:
-            for item in items:
-                stream.items.put_nowait(item)
-
-    try:
-        loop.call_soon_threadsafe(put)
-    except RuntimeError:  # the loop is gone (shutdown): nobody listens any more
-        for stream, _ in batch:
-            stream.cancelled = True
+        self.worker.deliver([(self, [item])])
 
 
 class ModelWorker:
     def __init__(self, name: str, backend: Callable[[str], Backend], metrics, max_rows: int):
         self.name, self.backend, self.metrics, self.max_rows = name, backend, metrics, max_rows
+        # this model's metric children, looked up once (labels() takes a lock and a dict lookup per call)
+        self.step_rows, self.tokens = metrics.step_rows.labels(name), metrics.tokens.labels(name)
         self.inbox: queue.Queue = queue.Queue()
         self.streams: list[Stream] = []
         # The open batches and the (backend, streams) grouping they were built for: kept while it holds.
         self.batches: list[tuple[str, list[Stream], Batch]] = []
+        # Items on their way to the event loop, and whether a flush of them is already scheduled there.
+        self.outbox: list[tuple[Stream, list[tuple]]] = []
+        self.flush_scheduled = False
+        self.outbox_lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name=f"arserve-{name}", daemon=True)
 
     def start(self) -> None:
@@ -120,6 +111,28 @@ class ModelWorker:
         stream = Stream(self, backend, make)
         self._submit(("open", stream))
         return stream
+
+    def deliver(self, batch: list[tuple[Stream, list[tuple]]]) -> None:
+        """Worker thread -> event loop. Each call_soon_threadsafe wakes the loop with a syscall and hands it the
+        GIL, so items pile up in the outbox while a flush is pending and go over together."""
+        with self.outbox_lock:
+            self.outbox += batch
+            if self.flush_scheduled:
+                return
+            self.flush_scheduled = True
+        try:
+            batch[0][0].loop.call_soon_threadsafe(self._flush)  # every stream of a server lives on its one loop
+        except RuntimeError:  # the loop is gone (shutdown): nobody listens any more
+            for stream, _ in batch:
+                stream.cancelled = True
+
+    def _flush(self) -> None:
+        """On the event loop: put every pending item into its stream's queue, in order."""
+        with self.outbox_lock:
+            batch, self.outbox, self.flush_scheduled = self.outbox, [], False
+        for stream, items in batch:
+            for item in items:
+                stream.items.put_nowait(item)
 
     def _submit(self, job: tuple) -> None:
         self.metrics.queue_depth.labels(self.name).inc()
@@ -201,10 +214,10 @@ class ModelWorker:
         for backend, group, batch in self.batches:
             self._step(backend, group, batch, outbox)
         if outbox:
-            _deliver(outbox[0][0].loop, outbox)  # every stream of a server lives on its one event loop
+            self.deliver(outbox)
 
     def _step(self, backend: str, group: list[Stream], batch: Batch, outbox: list) -> None:
-        self.metrics.step_rows.labels(self.name).observe(len(group))
+        self.step_rows.observe(len(group))
         try:
             outs = batch.step(self.backend(backend))
         except Exception as e:
@@ -226,7 +239,7 @@ class ModelWorker:
             if items:
                 outbox.append((s, items))
         if drawn:
-            self.metrics.tokens.labels(self.name).inc(drawn)
+            self.tokens.inc(drawn)
 
     def _shutdown(self) -> None:
         for s in self.streams:

@@ -46,10 +46,48 @@ def fmt(value: float, unit: str) -> str:
     return f"{value:.3g} {unit}"
 
 
+# Issue #6's targets: (what, figure name pattern, family or modality filter, bound, goal or None).
+# A pattern's {model} is every shipped model whose figure exists; "min" bounds are floors, "max" ceilings.
+TARGETS = [
+    ("char-Transformer /sample over HTTP vs HF generate, batch 1", "arserve / HF batch 1", None, ("min", 1.5), 3.0),
+    ("WaveNet real-time factor, 1 stream through HTTP", "{model} 1 stream http", "wavenet", ("min", 0.5), 1.0),
+    ("WaveNet real-time factor, 16 streams through HTTP", "{model} 16 streams http", "wavenet", ("min", 4.0), None),
+    ("cached / naive, WaveNet (onnxruntime)", "{model} cached / naive (onnxruntime)", "wavenet", ("min", 20), None),
+    ("cached / naive, Transformer (onnxruntime)", "{model} cached / naive (onnxruntime)", "transformer",
+     ("min", 10), None),
+    ("cached / naive, NADE (onnxruntime)", "{model} cached / naive (onnxruntime)", "nade", ("min", 50), None),
+    ("cached / naive, PixelCNN (onnxruntime)", "{model} cached / naive (onnxruntime)", "pixelcnn", ("min", 10), None),
+    ("HTTP + SSE overhead on /sample tokens/s, %", "{model} /sample overhead", None, ("max", 10), None),
+    ("time to first token through HTTP, text models, ms", "{model} /sample ttft http", "text", ("max", 20), None),
+]
+
+
+def target_lines(figures: list[Figure], families: dict[str, tuple[str, str]]) -> list[str]:
+    """One row per target and model: the figure, the bound, met or missed."""
+    by_name = {f.name: f for f in figures}
+    rows = []
+    for what, pattern, kind, (sense, bound), goal in TARGETS:
+        names = [pattern] if "{model}" not in pattern else [
+            pattern.format(model=m) for m, (family, modality) in families.items() if kind in (None, family, modality)]
+        for name in names:
+            if name not in by_name:
+                continue
+            v = by_name[name].value
+            met = v >= bound if sense == "min" else v <= bound
+            bound_txt = f"{'≥' if sense == 'min' else '≤'} {bound:g}" + (f" (goal {goal:g})" if goal else "")
+            model = by_name[name].config.get("model", "")
+            rows.append(f"| {what} | {model} | {fmt(v, by_name[name].unit)} | {bound_txt} | "
+                        f"{'met' if met else '**missed**'} |")
+    if not rows:
+        return []
+    return ["## targets (issue #6)", "", "| target | model | measured | bound | |", "|---|---|---:|---|---|", *rows, ""]
+
+
 def markdown(figures: list[Figure], meta: dict) -> str:
     out = [f"# arserve benchmarks ({meta['mode']})", "",
            f"`{meta['command']}` on {meta['machine']}, {meta['threads']} thread(s) per runtime, "
            f"{meta['finished_utc']}, {meta['seconds']:.0f} s in all.", ""]
+    out += target_lines(figures, meta["families"])
     for section in ORDER:
         rows = [f for f in figures if f.section == section]
         if not rows:
@@ -62,6 +100,15 @@ def markdown(figures: list[Figure], meta: dict) -> str:
     if meta["skipped"]:
         out += ["## skipped", ""] + [f"- {name}: {why}" for name, why in meta["skipped"].items()] + [""]
     return "\n".join(out)
+
+
+def families(ctx: Context) -> dict[str, tuple[str, str]]:
+    """model name -> (family, modality), from the manifests."""
+    out = {}
+    for folder in ctx.models():
+        m = json.loads((folder / "manifest.json").read_text())
+        out[m["name"]] = (m["family"], m["modality"])
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"mode": mode, "command": "python -m " + " ".join(["bench", *(argv if argv is not None else sys.argv[1:])]),
             "machine": machine(), "threads": args.threads, "seconds": time.perf_counter() - t0,
             "finished_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "exported": str(args.exported),
-            "skipped": skipped}
+            "skipped": skipped, "families": families(ctx)}
     args.out.mkdir(parents=True, exist_ok=True)
     report = markdown(figures, meta)
     (args.out / f"{mode}.md").write_text(report)

@@ -33,7 +33,7 @@ import torch
 
 import models
 from app.manifest import load_manifest
-from app.sampling import sample_categorical, sample_mixture
+from app.sampling import sample_mixture, sample_row
 from bench.common import Context, Figure
 from models.export import export_model, placeholder_meta
 from models.runtimes import EagerRuntime, OnnxRuntime, Runtime
@@ -80,9 +80,10 @@ def spec_of_manifest(folder: Path) -> Spec:
 
 
 def draw(spec: Spec, params: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The token [1] after params [1, P], drawn as the service's engine draws it."""
     if spec.mixture:
         return sample_mixture(params, rng)
-    return sample_categorical(params, rng).astype(spec.token_dtype)
+    return np.array([sample_row(params[0], rng)], dtype=spec.token_dtype)
 
 
 def cached_seconds(rt: Runtime, spec: Spec, steps: int, seed: int = 0) -> float:
