@@ -130,15 +130,6 @@ class Batch:
             g.state = [s[r : r + 1] for s in self.state]
 
 
-def step_batch(backend: Backend, gens: list[Generation]) -> list[tuple[float | int, float] | None]:
-    """One batched step of `gens`, their states regrouped before and handed back after."""
-    batch = Batch(gens)
-    try:
-        return batch.step(backend)
-    finally:
-        batch.release()
-
-
 @dataclass(frozen=True)
 class Score:
     logprob: float | None  # total over the scored positions, nats (None if it underflowed to -inf)

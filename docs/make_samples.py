@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: the service's package app/ liv
 
 from app import codecs  # noqa: E402
 from app.backends import load  # noqa: E402
-from app.engine import Generation, SampleSpec, step_batch  # noqa: E402
+from app.engine import Batch, Generation, SampleSpec  # noqa: E402
 from app.errors import APIError  # noqa: E402
 from app.manifest import Manifest, load_manifest  # noqa: E402
 
@@ -47,8 +47,9 @@ def generate(backend, m: Manifest, seeds, prefix: np.ndarray, n: int, temperatur
     gens = [Generation(SampleSpec(n, prefix, s, temperature), backend.init_state(1), mixture, m.token_dtype)
             for s in seeds]  # each its own state and Generator, as the service makes them
     every = max(1, gens[0].end // 4)
+    batch = Batch(gens)  # the batched state stays batched between steps, as in the service's worker
     while not gens[0].done:
-        step_batch(backend, gens)
+        batch.step(backend)
         if gens[0].pos % every == 0:
             log.info("%s: %d/%d positions", m.name, gens[0].pos, gens[0].end)
     return gens
