@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.backends import Backend
-from app.sampling import mixture_log_density, sample_mixture, sample_row, token_log_softmax
+from app.sampling import (
+    log_softmax,
+    mixture_log_density,
+    sample_mixture,
+    sample_row,
+    sample_rows,
+    token_log_softmax,
+)
 
 
 @dataclass(frozen=True)
@@ -57,22 +64,36 @@ class Generation:
     def accept(self, params: np.ndarray) -> tuple[float | int, float] | None:
         """Take the step output [P] for this row's position: force the prefix token or draw one.
         Returns (token, log-prob under the untempered model) for drawn tokens, None for prefill."""
-        now = time.perf_counter()
-        self.started = self.started or now
-        k = len(self.spec.prefix)
-        if self.pos < k:
-            token, out = self.spec.prefix[self.pos], None
-        else:
-            token = self._draw(params)
-            out = (token, token_logprob(params, token, self.mixture))
-            self.tokens.append(out[0])
-            self.logprobs.append(out[1])
-            self.first_token = self.first_token or now
+        if self.prefilling:
+            self._advance(self.spec.prefix[self.pos])
+            return None
+        token = self._draw(params)
+        return self.take(token, token_logprob(params, token, self.mixture))
+
+    @property
+    def prefilling(self) -> bool:
+        return self.pos < len(self.spec.prefix)
+
+    @property
+    def draw_settings(self) -> tuple:
+        """Rows with equal settings can be drawn together (Batch.step)."""
+        s = self.spec
+        return (self.mixture, s.temperature, s.top_k, s.top_p)
+
+    def take(self, token: float | int, logprob: float) -> tuple[float | int, float]:
+        """Record a drawn token and move on."""
+        self.tokens.append(token)
+        self.logprobs.append(logprob)
+        self.first_token = self.first_token or time.perf_counter()
+        self._advance(token)
+        return token, logprob
+
+    def _advance(self, token) -> None:
+        self.started = self.started or time.perf_counter()
         self.x_prev = token
         self.pos += 1
         if self.done:
             self.finished = time.perf_counter()
-        return out
 
     def _draw(self, params: np.ndarray):
         s = self.spec
@@ -122,7 +143,24 @@ class Batch:
         pos = np.array([g.pos for g in gens], dtype=np.int64)  # (B,)
         params, self.state = backend.step(x_prev, pos, self.state)  # (B, P)
         params = np.asarray(params, dtype=np.float64)
-        return [g.accept(params[r]) for r, g in enumerate(gens)]
+        out: list[tuple[float | int, float] | None] = [None] * len(gens)
+        together: dict[tuple, list[int]] = {}  # categorical rows drawing with the same settings
+        for r, g in enumerate(gens):
+            if g.prefilling or g.mixture:
+                out[r] = g.accept(params[r])
+            else:
+                together.setdefault(g.draw_settings, []).append(r)
+        for (_, temperature, top_k, top_p), rows in together.items():
+            if len(rows) == 1:
+                out[rows[0]] = gens[rows[0]].accept(params[rows[0]])
+                continue
+            # One vectorized draw for the group; each row's uniform from its own Generator, as sample_row takes it
+            u = np.array([gens[r].rng.random() for r in rows])
+            tokens = sample_rows(params[rows], u, temperature, top_k, top_p)
+            logprobs = log_softmax(params[rows])[np.arange(len(rows)), tokens]
+            for r, token, lp in zip(rows, tokens.tolist(), logprobs.tolist(), strict=True):
+                out[r] = gens[r].take(token, lp)
+        return out
 
     def release(self) -> None:
         """Hand each member its row of the batched state (views: the next concatenate copies)."""

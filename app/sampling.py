@@ -13,10 +13,34 @@ import numpy as np
 def sample_categorical(
     logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
 ) -> np.ndarray:
-    """logits [B, V] -> tokens [B] (int64), row by row (see sample_row). Drawing the rows one at a time takes
-    the same uniforms, in the same order, as one batched draw would."""
+    """logits [B, V] -> tokens [B] (int64), all rows from one Generator (one uniform per row, in row order)."""
     logits = np.asarray(logits, dtype=np.float64)
-    return np.array([sample_row(row, rng, temperature, top_k, top_p) for row in logits], dtype=np.int64)
+    return sample_rows(logits, rng.random(logits.shape[0]), temperature, top_k, top_p)
+
+
+def sample_rows(logits: np.ndarray, u: np.ndarray, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+                ) -> np.ndarray:
+    """logits [B, V] and one uniform per row [B] -> tokens [B] (int64): `sample_row`'s draw for many rows at
+    once (rows that share their settings; each row's uniform may come from its own Generator). The same
+    arithmetic row by row, so the same tokens (tests/test_sampling.py holds the two to it)."""
+    z = np.asarray(logits, dtype=np.float64)
+    if temperature == 0 or top_k == 1:
+        return z.argmax(axis=-1).astype(np.int64)
+    if temperature != 1:
+        z = z / temperature
+    p = np.exp(z - z.max(axis=-1, keepdims=True))  # (B, V) unnormalized probabilities
+    V = p.shape[1]
+    if 1 < top_k < V:
+        kth = -np.partition(-p, top_k - 1, axis=-1)[:, top_k - 1 : top_k]  # (B, 1) the k-th largest
+        p = np.where(p >= kth, p, 0.0)
+    if top_p < 1.0:
+        desc = -np.sort(-p, axis=-1)  # (B, V) most likely first
+        mass = desc / desc.sum(axis=-1, keepdims=True)
+        kept = ((np.cumsum(mass, axis=-1) - mass) < top_p).sum(axis=-1)  # smallest set reaching top_p (>= 1)
+        p = np.where(p >= np.take_along_axis(desc, kept[:, None] - 1, axis=-1), p, 0.0)
+    cdf = np.cumsum(p, axis=-1)
+    idx = (cdf < (u * cdf[:, -1])[:, None]).sum(axis=-1)
+    return np.minimum(idx, V - 1).astype(np.int64)
 
 
 def sample_row(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0, top_k: int = 0,
