@@ -2,9 +2,9 @@
 
 The thread runs scoring jobs as they come and advances every open stream of its model by one position per
 turn, batching the streams that use the same backend into one `step` call (whose batched state is kept
-while the grouping holds). A turn's results go back to the event loop in one call_soon_threadsafe. A stream
-whose reader falls `BUFFER` tokens behind is paused (so a stalled client costs no compute), and a cancelled
-stream is dropped at the next turn.
+while the grouping holds). Results go back to the event loop in one call_soon_threadsafe every SEND_EVERY_S
+at most, and whenever the worker is about to block. A stream whose reader falls `BUFFER` tokens behind is
+paused (so a stalled client costs no compute), and a cancelled stream is dropped at the next turn.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import concurrent.futures
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from app.engine import Batch, Generation
 log = logging.getLogger("arserve")
 
 BUFFER = 64  # tokens a stream may run ahead of its reader
+SEND_EVERY_S = 0.002  # while streams run, drawn tokens go to the event loop at most this often (latency bound)
 _STOP = object()
 _WAKE = object()
 
@@ -67,8 +69,16 @@ class Stream:
             self.worker.wake()
 
     def push(self, item: tuple) -> None:
-        """Worker thread -> event loop, one item (a worker's turn delivers its tokens together instead)."""
-        self.worker.deliver([(self, [item])])
+        """Worker thread -> event loop, now (errors; after any of this stream's tokens still unsent)."""
+        self.worker.unsent.append((self, [item]))
+        self.worker.send(force=True)
+
+
+def _put(batch: list[tuple[Stream, list[tuple]]]) -> None:
+    """On the event loop: each item into its stream's queue, in order."""
+    for stream, items in batch:
+        for item in items:
+            stream.items.put_nowait(item)
 
 
 class ModelWorker:
@@ -80,10 +90,9 @@ class ModelWorker:
         self.streams: list[Stream] = []
         # The open batches and the (backend, streams) grouping they were built for: kept while it holds.
         self.batches: list[tuple[str, list[Stream], Batch]] = []
-        # Items on their way to the event loop, and whether a flush of them is already scheduled there.
-        self.outbox: list[tuple[Stream, list[tuple]]] = []
-        self.flush_scheduled = False
-        self.outbox_lock = threading.Lock()
+        # Items for the event loop, not yet handed over (worker thread only), and when the last hand-over was.
+        self.unsent: list[tuple[Stream, list[tuple]]] = []
+        self.last_sent = 0.0
         self.thread = threading.Thread(target=self._run, name=f"arserve-{name}", daemon=True)
 
     def start(self) -> None:
@@ -112,27 +121,19 @@ class ModelWorker:
         self._submit(("open", stream))
         return stream
 
-    def deliver(self, batch: list[tuple[Stream, list[tuple]]]) -> None:
-        """Worker thread -> event loop. Each call_soon_threadsafe wakes the loop with a syscall and hands it the
-        GIL, so items pile up in the outbox while a flush is pending and go over together."""
-        with self.outbox_lock:
-            self.outbox += batch
-            if self.flush_scheduled:
-                return
-            self.flush_scheduled = True
+    def send(self, force: bool = False) -> None:
+        """Worker thread -> event loop: hand over the unsent items in one call_soon_threadsafe. That call wakes
+        the loop with a syscall and hands it the GIL, which costs a fast model more than its step; so it happens
+        at most every SEND_EVERY_S while streams run, and always before the worker blocks."""
+        now = time.perf_counter()
+        if not self.unsent or (not force and now - self.last_sent < SEND_EVERY_S):
+            return
+        batch, self.unsent, self.last_sent = self.unsent, [], now
         try:
-            batch[0][0].loop.call_soon_threadsafe(self._flush)  # every stream of a server lives on its one loop
+            batch[0][0].loop.call_soon_threadsafe(_put, batch)  # every stream of a server lives on its one loop
         except RuntimeError:  # the loop is gone (shutdown): nobody listens any more
             for stream, _ in batch:
                 stream.cancelled = True
-
-    def _flush(self) -> None:
-        """On the event loop: put every pending item into its stream's queue, in order."""
-        with self.outbox_lock:
-            batch, self.outbox, self.flush_scheduled = self.outbox, [], False
-        for stream, items in batch:
-            for item in items:
-                stream.items.put_nowait(item)
 
     def _submit(self, job: tuple) -> None:
         self.metrics.queue_depth.labels(self.name).inc()
@@ -151,10 +152,12 @@ class ModelWorker:
                     self.metrics.queue_depth.labels(self.name).dec()
                     self._handle(job)
             self._advance()
+            self.send()
 
     def _wait_for_jobs(self) -> list:
         jobs = []
         if not self._runnable():
+            self.send(force=True)  # nothing may wait in unsent while the worker sleeps
             # Idle or all streams paused: block. The timeout is a safety net for paused streams only.
             try:
                 jobs.append(self.inbox.get(timeout=0.1 if self.streams else None))
@@ -210,13 +213,10 @@ class ModelWorker:
             for *_, batch in self.batches:  # every stream gets its state back before any is regrouped
                 batch.release()
             self.batches = [(b, g, Batch([s.gen for s in g])) for b, g in plan]
-        outbox: list[tuple[Stream, list[tuple]]] = []
         for backend, group, batch in self.batches:
-            self._step(backend, group, batch, outbox)
-        if outbox:
-            self.deliver(outbox)
+            self._step(backend, group, batch)
 
-    def _step(self, backend: str, group: list[Stream], batch: Batch, outbox: list) -> None:
+    def _step(self, backend: str, group: list[Stream], batch: Batch) -> None:
         self.step_rows.observe(len(group))
         try:
             outs = batch.step(self.backend(backend))
@@ -237,7 +237,7 @@ class ModelWorker:
                 items.append(("done", s.gen))
                 s.cancelled = True  # finished: leaves the worker at the next turn
             if items:
-                outbox.append((s, items))
+                self.unsent.append((s, items))
         if drawn:
             self.tokens.inc(drawn)
 
