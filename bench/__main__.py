@@ -90,16 +90,37 @@ def markdown(figures: list[Figure], meta: dict) -> str:
     out += target_lines(figures, meta["families"])
     for section in ORDER:
         rows = [f for f in figures if f.section == section]
-        if not rows:
-            continue
-        out += [f"## {section}", "", "| figure | value | configuration |", "|---|---:|---|"]
-        for f in rows:
-            config = ", ".join(f"{k}={v}" for k, v in f.config.items() if k != "model")
-            out.append(f"| {f.name} | {fmt(f.value, f.unit)} | {config} |")
-        out.append("")
+        if rows:
+            out += [f"## {section}", "", *(pivot(rows) if section != "peer" else listing(rows)), ""]
     if meta["skipped"]:
         out += ["## skipped", ""] + [f"- {name}: {why}" for name, why in meta["skipped"].items()] + [""]
     return "\n".join(out)
+
+
+def pivot(figures: list[Figure]) -> list[str]:
+    """One row per model, one column per measurement (the figure's name after the model's); the full
+    configuration of every figure is in the JSON."""
+    table: dict[str, dict[str, str]] = {}
+    columns: list[str] = []
+    for f in figures:
+        model = f.config.get("model", "")
+        column = f.name.removeprefix(f"{model} ")
+        if column not in columns:
+            columns.append(column)
+        row = table.setdefault(model, {"tokens": str(f.config.get("tokens", f.config.get("input", "")))})
+        row[column] = fmt(f.value, f.unit)
+    lines = ["| model | tokens | " + " | ".join(columns) + " |", "|---|---:|" + "---:|" * len(columns)]
+    for model, row in table.items():
+        lines.append(f"| {model} | {row['tokens']} | " + " | ".join(row.get(c, "—") for c in columns) + " |")
+    return lines
+
+
+def listing(figures: list[Figure]) -> list[str]:
+    lines = ["| figure | value | configuration |", "|---|---:|---|"]
+    for f in figures:
+        config = ", ".join(f"{k}={v}" for k, v in f.config.items() if k != "model")
+        lines.append(f"| {f.name} | {fmt(f.value, f.unit)} | {config} |")
+    return lines
 
 
 def families(ctx: Context) -> dict[str, tuple[str, str]]:

@@ -20,6 +20,7 @@ time is the sum of its per-token costs, and the mean of an even sample of them e
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 import sys
@@ -34,7 +35,7 @@ import torch
 import models
 from app.manifest import load_manifest
 from app.sampling import sample_mixture, sample_row
-from bench.common import Context, Figure
+from bench.common import Context, Figure, machine
 from models.export import export_model, placeholder_meta
 from models.runtimes import EagerRuntime, OnnxRuntime, Runtime
 
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runtime", choices=[*RUNTIMES, "both"], default="both")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, help="also write the table to OUT.md and the figures to OUT.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
@@ -181,7 +183,13 @@ def main(argv: list[str] | None = None) -> None:
             for rt in rts:
                 log.info("%s through %s, %d tokens", name, rt.name, steps)
                 figures += measure(rt, spec, steps, 1 if args.quick else args.repeats, 4 if args.quick else 12, extra)
-    print(markdown(figures, f"batch 1, {args.threads} thread(s), random weights"))
+    table = markdown(figures, f"batch 1, {args.threads} thread(s), random weights")
+    print(table)
+    if args.out:
+        command = "python -m bench.generation " + " ".join(argv if argv is not None else sys.argv[1:])
+        args.out.with_suffix(".md").write_text(f"`{command}` on {machine()}\n\n{table}\n")
+        args.out.with_suffix(".json").write_text(json.dumps({"command": command, "machine": machine(),
+                                                             "figures": [f.to_json() for f in figures]}, indent=1))
 
 
 def markdown(figures: list[Figure], note: str) -> str:
