@@ -7,12 +7,7 @@ fixtures so that collecting the other test modules does not pay for them.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -126,46 +121,13 @@ async def client(app):
         yield c
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
-def server(artifacts, tmp_path_factory):
-    """A real `uvicorn app.main:app` process serving the artifacts; yields its base URL."""
-    import httpx
+def server(artifacts):
+    """A real `uvicorn app.main:app` process serving the artifacts (bench.common.serve); yields its base URL."""
+    from bench.common import serve
 
-    port = free_port()
-    env = {**os.environ, "ARSERVE_MODEL_DIR": str(artifacts), "ARSERVE_MAX_CONCURRENT_STREAMS": "2",
-           "ARSERVE_LOG_LEVEL": "warning", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
-           "--log-level", "warning"]
-    log = tmp_path_factory.mktemp("server") / "uvicorn.log"  # a file, not a pipe nobody drains
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"uvicorn exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("uvicorn did not become ready within 60 s")
-            time.sleep(0.1)
+    with serve(artifacts, threads=1, ARSERVE_MAX_CONCURRENT_STREAMS="2") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # ----- helpers shared by the service tests (imported as `from conftest import ...`) -----------------------
