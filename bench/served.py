@@ -37,6 +37,7 @@ MAX_T = 256  # tokens scored / drawn by long variable-length models
 QUICK_T = 64  # tokens scored and drawn by variable-length models in quick mode
 WARMUP_T = 8  # tokens of the untimed warm-up generation (sessions, connection, first-call allocations)
 CHUNK = 1  # tokens per SSE event: every token pays its own event
+WIDE_CHUNK = 16  # ... and with 16 tokens per event, what a client that can wait ~16 tokens gets
 AUDIO_CHUNK = 80  # 10 ms of 8 kHz audio per SSE event: what a player buffers anyway
 SEED = 0
 QUICK_REPEATS = 1  # quick is a smoke run: one timed repeat after the warm-up
@@ -153,10 +154,13 @@ def served_figures(s: Served, session: Session) -> list[Figure]:
     cfg = session.config(m, batch=1, tokens=T, chunk=CHUNK, seed=SEED)
     inproc_s, inproc_first = medians(lambda k: draw_inprocess(s, k), T, repeats)
     http_s, http_first = medians(lambda k: draw_http(client, m, k, CHUNK), T, repeats)
+    chunked_s = medians(lambda k: draw_http(client, m, k, WIDE_CHUNK), T, repeats)[0]
     return figs + [
         Figure("served", f"{m.name} /sample in-process", T / inproc_s, "tokens/s", cfg),
         Figure("served", f"{m.name} /sample http", T / http_s, "tokens/s", cfg),
         Figure("served", f"{m.name} /sample overhead", overhead(T / http_s, T / inproc_s), "%", cfg),
+        Figure("served", f"{m.name} /sample http chunk={WIDE_CHUNK}", T / chunked_s, "tokens/s",
+               {**cfg, "chunk": WIDE_CHUNK}),
         Figure("served", f"{m.name} /sample ttft in-process", 1000 * inproc_first, "ms", cfg),
         Figure("served", f"{m.name} /sample ttft http", 1000 * http_first, "ms", cfg),
     ]
