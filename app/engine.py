@@ -173,11 +173,12 @@ class Score:
     logprob: float | None  # total over the scored positions, nats (None if it underflowed to -inf)
     bits_per_dim: float | None
     num_positions: int
-    per_position: list[float | None]
+    per_position: list[float | None] | None  # None unless asked for
 
 
-def score(backend: Backend, xs: list[np.ndarray], prefix_len: int) -> list[Score]:
-    """log p(x_>=k | x_<k) of each input, in one batched `log_prob` call."""
+def score(backend: Backend, xs: list[np.ndarray], prefix_len: int, per_position: bool = False) -> list[Score]:
+    """log p(x_>=k | x_<k) of each input, in one batched `log_prob` call (and each position's, if asked: a
+    Python list per input costs more than a cheap model's whole pass)."""
     # Inputs of different lengths are right-padded to the longest: position i never depends on x_>=i,
     # so the padding cannot change the log-probs of the real positions, which are all we read.
     T = max(len(x) for x in xs)
@@ -185,10 +186,10 @@ def score(backend: Backend, xs: list[np.ndarray], prefix_len: int) -> list[Score
     for i, x in enumerate(xs):
         batch[i, : len(x)] = x
     lp = np.asarray(backend.log_prob(batch), dtype=np.float64)  # (B, T)
-    return [_score(lp[i, prefix_len : len(x)]) for i, x in enumerate(xs)]
+    return [_score(lp[i, prefix_len : len(x)], per_position) for i, x in enumerate(xs)]
 
 
-def _score(lp: np.ndarray) -> Score:
+def _score(lp: np.ndarray, per_position: bool) -> Score:
     total = float(lp.sum())
     n = len(lp)
     finite = math.isfinite(total)
@@ -196,5 +197,5 @@ def _score(lp: np.ndarray) -> Score:
         logprob=total if finite else None,
         bits_per_dim=-total / (n * math.log(2)) if finite else None,
         num_positions=n,
-        per_position=[v if math.isfinite(v) else None for v in lp.tolist()],
+        per_position=[v if math.isfinite(v) else None for v in lp.tolist()] if per_position else None,
     )

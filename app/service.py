@@ -49,7 +49,8 @@ async def logprob(req: LogprobRequest, model: ServedModel, settings: Settings) -
     backend = model.pick_backend(req.backend)
     xs = parse_inputs(req, model, settings)
     try:
-        scores = await model.worker.call(lambda b: score(b, xs, req.prefix_len), backend, settings.request_timeout_s)
+        scores = await model.worker.call(lambda b: score(b, xs, req.prefix_len, req.per_position), backend,
+                                         settings.request_timeout_s)
     except TimeoutError:
         raise _timeout(settings) from None
     results = []
