@@ -59,3 +59,29 @@ def test_finish_evaluates_records_and_exports(tmp_path):
     assert manifest.training["steps"] == 3 and manifest.training["recipe"]["family"] == "nade"
     report = json.loads((t.run_dir / "report.json").read_text())
     assert report["metrics"]["valid"]["nll"] == pytest.approx(metrics["valid"]["nll"])
+
+
+def test_sigterm_stops_after_a_step_with_a_checkpoint_to_resume_from(tmp_path):
+    """`kill` on a real `python -m models.train` process: it saves last.pt at the step it reached and exits 143."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    from models.checkpoint import load_checkpoint
+
+    (tmp_path / "tiny.toml").write_text(
+        'name = "tiny-nade"\nfamily = "nade"\ndataset = "mnist"\n[model]\nhidden = 6\n'
+        "[train]\nbatch_size = 8\nmax_steps = 1000000\nmax_minutes = 5\neval_every = 1000000\nthreads = 1\n")
+    proc = subprocess.Popen([sys.executable, "-m", "models.train", str(tmp_path / "tiny.toml"), "--runs",
+                             str(tmp_path / "runs"), "--no-export"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    time.sleep(8)  # past the data loading, into the steps
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143, out[-2000:]
+    assert "stopped at step" in out
+    _, _, state = load_checkpoint(tmp_path / "runs" / "tiny-nade" / "last.pt")
+    assert state["step"] > 0 and not (tmp_path / "runs" / "tiny-nade" / "final.pt").exists()
