@@ -27,6 +27,7 @@ import torch
 
 from app.client import ArserveClient, AsyncArserveClient
 from bench.common import Context, Figure, median_seconds, serve
+from models.runtimes import TorchScriptRuntime, model_weights
 
 log = logging.getLogger("bench.peer")
 TOP_K = 40
@@ -55,8 +56,8 @@ def gpt2_from(folder: Path, cfg: dict):
                         bos_token_id=V, eos_token_id=V)
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(config).eval()
-    ours = torch.jit.load(str(folder / "model.pt")).eval()
-    src = {k.removeprefix("traced.model."): v for k, v in ours.state_dict().items()}
+    ours = TorchScriptRuntime(folder / "model.pt").module
+    src = model_weights(ours)
     copy = {k: torch.zeros_like(v) for k, v in hf.state_dict().items()}  # GPT-2's biases, absent here: zero
     copy["transformer.wte.weight"], copy["transformer.wpe.weight"] = src["wte.weight"], src["wpe.weight"]
     copy["lm_head.weight"][:V] = src["head.weight"]  # row V (the start token) stays zero; never sampled

@@ -47,11 +47,7 @@ class EagerRuntime(Runtime):
         """The eager model of an exported folder: its family and config from the manifest, weights from model.pt."""
         m = load_manifest(folder)
         model = models.build(m.family, m.config)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
-            scripted = torch.jit.load(str(Path(folder) / "model.pt"), map_location="cpu")
-        prefix = "traced.model."  # TorchScriptModel -> traced _Core -> the model
-        saved = {k[len(prefix):]: v for k, v in scripted.state_dict().items() if k.startswith(prefix)}
+        saved = model_weights(TorchScriptRuntime(Path(folder) / "model.pt").module)
         # TorchScript keeps non-persistent buffers (masks, slot tables) too; the model rebuilds those itself
         model.load_state_dict({k: saved[k] for k in model.state_dict()})
         return cls(model.eval(), checked)
@@ -90,6 +86,12 @@ class TorchScriptRuntime(Runtime):
         params, new = self.module.step(torch.from_numpy(x_prev), torch.from_numpy(pos),
                                        [torch.from_numpy(s) for s in state])
         return params.numpy(), [s.numpy() for s in new]
+
+
+def model_weights(scripted: torch.jit.ScriptModule) -> dict[str, torch.Tensor]:
+    """The model's own tensors in an exported model.pt, named as in the eager model."""
+    prefix = "traced.model."  # TorchScriptModel -> traced _Core -> the model
+    return {k[len(prefix):]: v for k, v in scripted.state_dict().items() if k.startswith(prefix)}
 
 
 class OnnxRuntime(Runtime):
