@@ -37,6 +37,14 @@ class Backend(Protocol):
         ...
 
 
+def direct_run(session):
+    """session.run without the Python wrapper's per-call checks (~15 µs of property reads on onnxruntime 1.32,
+    half of a small model's step). Callers feed every input the graph declares: the manifest lists them and
+    the exporter keeps unused ones, so the checks could never fail here."""
+    inner = getattr(session, "_sess", None)
+    return session.run if inner is None else (lambda outputs, feed: inner.run(outputs, feed, None))
+
+
 class OnnxBackend:
     name = "onnx"
 
@@ -51,6 +59,7 @@ class OnnxBackend:
         providers = ["CPUExecutionProvider"]
         self.score = ort.InferenceSession(str(folder / "score.onnx"), opts, providers=providers)
         self.stepper = ort.InferenceSession(str(folder / "step.onnx"), opts, providers=providers)
+        self.run_step = direct_run(self.stepper)
         self.io = m.io
         self.state_spec = m.state
 
@@ -62,7 +71,7 @@ class OnnxBackend:
 
     def step(self, x_prev, pos, state):
         feed = dict(zip(self.io.step_inputs, [x_prev, pos, *state], strict=True))
-        params, *new_state = self.stepper.run(self.io.step_outputs, feed)
+        params, *new_state = self.run_step(self.io.step_outputs, feed)
         return params, new_state
 
 

@@ -34,7 +34,7 @@ import torch
 
 import models
 from app.manifest import load_manifest
-from app.sampling import sample_mixture, sample_row
+from app.sampling import sample_categorical, sample_mixture, sample_row
 from bench.common import Context, Figure, machine
 from models.export import export_model, placeholder_meta
 from models.runtimes import EagerRuntime, OnnxRuntime, Runtime
@@ -81,31 +81,35 @@ def spec_of_manifest(folder: Path) -> Spec:
 
 
 def draw(spec: Spec, params: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The token [1] after params [1, P], drawn as the service's engine draws it."""
+    """The tokens [B] after params [B, P], drawn as the service's engine draws them (one row: its per-stream
+    path; more: its vectorized path for rows that share their settings)."""
     if spec.mixture:
         return sample_mixture(params, rng)
-    return np.array([sample_row(params[0], rng)], dtype=spec.token_dtype)
+    if len(params) == 1:
+        return np.array([sample_row(params[0], rng)], dtype=spec.token_dtype)
+    return sample_categorical(params, rng).astype(spec.token_dtype)
 
 
-def cached_seconds(rt: Runtime, spec: Spec, steps: int, seed: int = 0) -> float:
-    """Wall time of one generation of `steps` tokens through `step`, batch 1."""
+def cached_seconds(rt: Runtime, spec: Spec, steps: int, seed: int = 0, batch: int = 1) -> float:
+    """Wall time of one generation of `steps` tokens in each of `batch` rows through `step`."""
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    state = rt.init_state(1)
-    x = np.zeros(1, dtype=spec.token_dtype)
+    state = rt.init_state(batch)
+    x = np.zeros(batch, dtype=spec.token_dtype)
     for t in range(steps):
-        params, state = rt.step(x, np.array([t], dtype=np.int64), state)
+        params, state = rt.step(x, np.full(batch, t, dtype=np.int64), state)
         x = draw(spec, params, rng)
     return time.perf_counter() - t0
 
 
-def naive_token_seconds(rt: Runtime, spec: Spec, steps: int, probes: int) -> float:
-    """Mean cost of one naive token: the parallel pass on the prefix (the whole input for fixed-length models,
-    whose later positions cannot matter) plus the sampler, probed at `probes` evenly spaced positions."""
+def naive_token_seconds(rt: Runtime, spec: Spec, steps: int, probes: int, batch: int = 1) -> float:
+    """Mean cost of one naive step (a token in each of `batch` rows): the parallel pass on the prefix (the
+    whole input for fixed-length models, whose later positions cannot matter) plus the sampler, probed at
+    `probes` evenly spaced positions."""
     rng = np.random.default_rng(0)
     width = steps if spec.variable_length else spec.length
-    x = np.zeros((1, width), dtype=spec.token_dtype)
-    params = np.zeros((1, spec.num_params), dtype=np.float32)  # the sampler's input; its values cost nothing
+    x = np.zeros((batch, width), dtype=spec.token_dtype)
+    params = np.zeros((batch, spec.num_params), dtype=np.float32)  # the sampler's input; its values cost nothing
     costs = []
     for t in np.linspace(0, steps - 1, probes).astype(int):
         prefix = x[:, : t + 1] if spec.variable_length else x
@@ -116,11 +120,13 @@ def naive_token_seconds(rt: Runtime, spec: Spec, steps: int, probes: int) -> flo
     return statistics.mean(costs)
 
 
-def measure(rt: Runtime, spec: Spec, steps: int, repeats: int, probes: int, extra: dict) -> list[Figure]:
-    cached_seconds(rt, spec, min(steps, 8))  # warm-up
-    cached = steps / statistics.median(cached_seconds(rt, spec, steps, seed=i) for i in range(repeats))
-    naive = 1.0 / naive_token_seconds(rt, spec, steps, probes)
-    config = {"model": spec.name, "family": spec.family, "runtime": rt.name, "batch": 1, "tokens": steps,
+def measure(rt: Runtime, spec: Spec, steps: int, repeats: int, probes: int, extra: dict, batch: int = 1
+            ) -> list[Figure]:
+    cached_seconds(rt, spec, min(steps, 8), batch=batch)  # warm-up
+    seconds = statistics.median(cached_seconds(rt, spec, steps, seed=i, batch=batch) for i in range(repeats))
+    cached = batch * steps / seconds
+    naive = batch / naive_token_seconds(rt, spec, steps, probes, batch)
+    config = {"model": spec.name, "family": spec.family, "runtime": rt.name, "batch": batch, "tokens": steps,
               "repeats": repeats, "naive_probes": probes, **extra}
     return [
         Figure("generation", f"{spec.name} cached ({rt.name})", cached, "tokens/s", config),
@@ -151,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--families", nargs="*", default=sorted(REALISTIC))
     ap.add_argument("--runtime", choices=[*RUNTIMES, "both"], default="both")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=1, help="rows generated together (tokens/s counts every row)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, help="also write the table to OUT.md and the figures to OUT.json")
     args = ap.parse_args(argv)
@@ -180,8 +187,9 @@ def main(argv: list[str] | None = None) -> None:
                      "receptive_field": rf() if callable(rf) else rf}
             for rt in rts:
                 log.info("%s through %s, %d tokens", name, rt.name, steps)
-                figures += measure(rt, spec, steps, 1 if args.quick else args.repeats, 4 if args.quick else 12, extra)
-    table = markdown(figures, f"batch 1, {args.threads} thread(s), random weights")
+                figures += measure(rt, spec, steps, 1 if args.quick else args.repeats, 4 if args.quick else 12, extra,
+                                   args.batch)
+    table = markdown(figures, f"batch {args.batch}, {args.threads} thread(s), random weights")
     print(table)
     if args.out:
         command = "python -m bench.generation " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -14,6 +14,7 @@ import onnxruntime as ort
 import torch
 
 import models
+from app.backends import direct_run
 from app.manifest import StateTensor, load_manifest
 from app.sampling import sample_categorical, sample_mixture
 from models.base import ARModel
@@ -105,6 +106,8 @@ class OnnxRuntime(Runtime):
         self.score = ort.InferenceSession(str(Path(folder) / "score.onnx"), opts, providers=providers)
         self.step_session = ort.InferenceSession(str(Path(folder) / "step.onnx"), opts, providers=providers)
         self.state = state
+        self.run_step = direct_run(self.step_session)
+        self.step_outputs = [o.name for o in self.step_session.get_outputs()]
 
     @classmethod
     def from_folder(cls, folder: str | Path, threads: int | None = None) -> OnnxRuntime:
@@ -118,7 +121,7 @@ class OnnxRuntime(Runtime):
 
     def step(self, x_prev, pos, state):
         feeds = {"x_prev": x_prev, "pos": pos, **{s.name: v for s, v in zip(self.state, state, strict=True)}}
-        params, *new = self.step_session.run(None, feeds)
+        params, *new = self.run_step(self.step_outputs, feeds)
         return params, new
 
 

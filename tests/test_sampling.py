@@ -36,3 +36,17 @@ def test_one_uniform_per_row_and_the_same_stream_for_any_batching():
     for row in logits:
         sample_row(row, b, 0.0)
     assert a.random() == b.random()
+
+
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 2.5])
+def test_small_vocabulary_path_draws_what_numpy_draws(temperature):
+    # sample_row draws from short unfiltered rows on Python floats; sample_rows always uses numpy.
+    g = np.random.default_rng(11)
+    for V in (2, 3, 16, 17):
+        logits = (g.standard_normal((2000, V)) * g.choice([0.01, 1.0, 30.0], size=(2000, 1))).astype(np.float32)
+        logits[::7, -1] = logits[::7, 0]  # ties
+        logits[::11, 0] = -np.inf  # a token ruled out
+        seeds = g.integers(1 << 30, size=2000)
+        rows = [sample_row(logits[i], np.random.default_rng(s), temperature) for i, s in enumerate(seeds)]
+        u = np.array([np.random.default_rng(s).random() for s in seeds])
+        assert sample_rows(logits, u, temperature).tolist() == rows
