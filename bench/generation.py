@@ -1,6 +1,7 @@
-"""Cached vs naive generation, per family and runtime, batch 1.
+"""Cached vs naive generation, per family and runtime.
 
     python -m bench.generation                       # random-weight models at realistic sizes (issue #2)
+    python -m bench.generation --batch 16            # ... 16 rows generated together
     python -m bench.generation --runtime eager       # ... through eager PyTorch only
     python -m bench.generation --quick               # tiny models, seconds
 

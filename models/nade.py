@@ -71,5 +71,5 @@ class NADE(ARModel):
         (a,) = state
         seen = torch.minimum(pos, x_prev).to(a.dtype).unsqueeze(-1)  # x_{pos-1} in {0, 1}, or 0 at position 0
         a = a + self.W[pos - 1] * seen  # position 0 reads row -1 and multiplies it by 0
-        logit = torch.einsum("bh,bh->b", torch.sigmoid(a + self.c), self.V[pos]) + self.b[pos]  # (B,)
+        logit = (torch.sigmoid(a + self.c) * self.V[pos]).sum(-1) + self.b[pos]  # (B,)
         return bernoulli_logits(logit), (a,)
