@@ -168,7 +168,8 @@ def mixture_log_prob(params: Tensor, x: Tensor) -> Tensor:
 
 def bernoulli_logits(logit: Tensor) -> Tensor:
     """One logit l per position -> the two categorical logits [0, l] (softmax = [1 - σ(l), σ(l)])."""
-    # A product with the constant [0, 1]: two nodes in an exported step graph, where a stack costs five.
+    # A product with the constant [0, 1]: two nodes in an exported step graph, where a stack costs five. Every
+    # family's logit is finite (a -inf would give NaN here).
     return logit.unsqueeze(-1) * torch.tensor([0.0, 1.0], dtype=logit.dtype, device=logit.device)
 
 

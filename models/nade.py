@@ -69,7 +69,7 @@ class NADE(ARModel):
         # Written for a short graph: the step is one ONNX Runtime call per pixel, and at ~1 µs a node its
         # length, not its O(H) arithmetic, sets the cost.
         (a,) = state
-        seen = torch.minimum(pos, x_prev).to(a.dtype).unsqueeze(-1)  # x_{pos-1} in {0, 1}, or 0 at position 0
+        seen = (pos * x_prev > 0).to(a.dtype).unsqueeze(-1)  # x_{pos-1} in {0, 1}; 0 at position 0, whatever x_prev
         a = a + self.W[pos - 1] * seen  # position 0 reads row -1 and multiplies it by 0
         logit = (torch.sigmoid(a + self.c) * self.V[pos]).sum(-1) + self.b[pos]  # (B,)
         return bernoulli_logits(logit), (a,)

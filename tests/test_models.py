@@ -93,6 +93,21 @@ def test_step_equals_parallel(family, index):
     torch.testing.assert_close(torch.stack(got, 1), expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("family", sorted(models.REGISTRY))
+def test_step_ignores_x_prev_at_position_0(family):
+    # The contract leaves x_prev undefined at position 0: any value, even one outside the vocabulary, must give
+    # the same first conditional and the same state (the steps are written for short graphs, not for guards).
+    model = models.tiny(family)
+    garbage = [0, model.vocab_size - 1, -7, 10**6] if model.token_dtype == torch.long else [0.0, -7.5, 1e6]
+    with torch.no_grad():
+        outs = [model.step(torch.full((2,), v, dtype=model.token_dtype), torch.zeros(2, dtype=torch.long),
+                           model.init_state(2)) for v in garbage]
+    for params, state in outs[1:]:
+        torch.testing.assert_close(params, outs[0][0], atol=0, rtol=0)
+        for a, b in zip(state, outs[0][1], strict=True):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("family,index", CASES, ids=IDS)
 def test_rows_at_their_own_positions(family, index):
     """A state of a row that started earlier joins a fresh row's; both continue at their own positions."""
