@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from app import errors
-from app.config import Settings, get_settings
-from app.metrics import Metrics, MetricsMiddleware
-from app.registry import Registry
-from app.routes import router
-from app.service import StreamSlots
+from app.engine.registry import Registry
+from app.http import errors
+from app.http.middleware import MetricsMiddleware
+from app.http.routes import router
+from app.http.service import StreamSlots
+from app.runtime.config import Settings, get_settings
+from app.runtime.metrics import Metrics
 
 log = logging.getLogger("arserve")
 

@@ -29,7 +29,7 @@ import onnxruntime as ort
 import torch
 
 import models
-from app.manifest import load_manifest
+from app.runtime.manifest import load_manifest
 from bench.common import Context, Figure, median_seconds
 from models.export import export_model, placeholder_meta
 from models.runtimes import EagerRuntime, OnnxRuntime, Runtime, TorchScriptRuntime

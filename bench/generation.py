@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 import models
-from app.manifest import load_manifest
-from app.sampling import sample_categorical, sample_mixture, sample_row
+from app.engine.sampling import sample_categorical, sample_mixture, sample_row
+from app.runtime.manifest import load_manifest
 from bench.common import Context, Figure, machine
 from models.export import export_model, placeholder_meta
 from models.runtimes import EagerRuntime, OnnxRuntime, Runtime

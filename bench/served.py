@@ -2,8 +2,8 @@
 
     python -m bench.served --exported exported/ [--quick]
 
-Both sides run app.backends' OnnxBackend and app.engine's `score` / `Generation` + `Batch`, exactly as
-the server's worker thread does, so the gap is HTTP + JSON + SSE + the hand-off to the worker thread. The
+Both sides run app.runtime.backends' OnnxBackend and app.engine.generation's `score` / `Generation` + `Batch`,
+exactly as the server's worker thread does, so the gap is HTTP + JSON + SSE + the hand-off to the worker thread. The
 HTTP side is a real `uvicorn` process (one for the whole run) read through app.client (httpx, httpx-sse),
 so client-side parsing counts too: that is what a caller sees.
 
@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from app import backends
-from app.backends import Backend
 from app.client import ArserveClient, AsyncArserveClient
-from app.engine import Batch, Generation, SampleSpec, score
-from app.manifest import Manifest, load_manifest
+from app.engine.generation import Batch, Generation, SampleSpec, score
+from app.runtime import backends
+from app.runtime.backends import Backend
+from app.runtime.manifest import Manifest, load_manifest
 from bench.common import Context, Figure, median_seconds, serve
 
 BATCH = 16  # inputs per POST /logprob

@@ -3,10 +3,11 @@
     .venv/bin/python docs/make_samples.py [--exported exported] [--out docs/samples] [--only NAME ...] [--seed 0]
 
 Run from the repository root (paths are relative to it; --backend torchscript instead of ONNX Runtime). Each
-model is loaded by app.backends and sampled by app.engine's loop, one Generation per seed batched into one
-`step` call per position as the service's worker batches streams, so image sample i is what `GET /sample` with
-seed SEED+i returns; app.codecs renders them. models/ is never imported. Writes docs/samples/NAME.png (a 4x4 grid:
-binary_image, vector), NAME.txt (text) or NAME.wav (audio), then rewrites docs/README.md from every manifest.
+model is loaded by app.runtime.backends and sampled by app.engine.generation's loop, one Generation per seed
+batched into one `step` call per position as the service's worker batches streams, so image sample i is what
+`GET /sample` with seed SEED+i returns; app.engine.codecs renders them. models/ is never imported. Writes
+docs/samples/NAME.png (a 4x4 grid: binary_image, vector), NAME.txt (text) or NAME.wav (audio), then rewrites
+docs/README.md from every manifest.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the service's package app/ lives at the repository root
 
-from app import codecs  # noqa: E402
-from app.backends import load  # noqa: E402
-from app.engine import Batch, Generation, SampleSpec  # noqa: E402
-from app.errors import APIError  # noqa: E402
-from app.manifest import Manifest, load_manifest  # noqa: E402
+from app.engine import codecs  # noqa: E402
+from app.engine.generation import Batch, Generation, SampleSpec  # noqa: E402
+from app.http.errors import APIError  # noqa: E402
+from app.runtime.backends import load  # noqa: E402
+from app.runtime.manifest import Manifest, load_manifest  # noqa: E402
 
 log = logging.getLogger("make_samples")
 
@@ -131,8 +132,8 @@ def fenced(text: str) -> list[str]:
 def readme(models: list[Manifest], out: Path, path: Path, command: str, seed: int) -> str:
     lines = ["# What the shipped models make", "",
              "Every sample on this page was drawn from the artifacts in `exported/` by the service's own code",
-             "(app.backends, app.engine, app.sampling, app.codecs; models/ is never imported). This page and",
-             "docs/samples/ are written by:", "", "```sh", command, "```", "",
+             "(app.runtime.backends, app.engine.generation, app.engine.sampling, app.engine.codecs; models/ is",
+             "never imported). This page and docs/samples/ are written by:", "", "```sh", command, "```", "",
              f"- images: a {GRID}x{GRID} grid, seeds {seed}..{seed + GRID * GRID - 1} left to right and top to "
              "bottom, temperature 1, upscaled (nearest);",
              f"- text: {TEXT_CHARS} characters drawn at temperature {TEXT_TEMPERATURE} after the prompt "

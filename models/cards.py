@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from app.manifest import load_manifest
+from app.runtime.manifest import load_manifest
 
 # Published held-out NLL for the same data, as quoted in the training issue.
 ANCHORS = {

@@ -9,7 +9,7 @@ writes into the model's folder:
     score.onnx     x [batch, T] -> log_prob [batch, T]            (T symbolic for variable-length models)
     step.onnx      x_prev [batch], pos [batch], *state -> params [batch, P], *new_state
     weights.bin    the ONNX initializers of both graphs as external data, each distinct tensor stored once
-    manifest.json  app.manifest.Manifest: shapes, vocabulary, state tensors, io names, sha256 of every file
+    manifest.json  app.runtime.manifest.Manifest: shapes, vocabulary, state tensors, io names, sha256 of every file
 
 The cores (``_conditionals`` + ``params_log_prob``, and ``_step``) are traced, at a batch size other than 1
 and, for variable-length models, at a length shorter than the maximum, so that a shape baked into a trace
@@ -39,7 +39,7 @@ from onnx import numpy_helper
 from onnx.external_data_helper import set_external_data
 from torch import Tensor, nn
 
-from app.manifest import MANIFEST, GraphIO, Manifest, StateTensor, sha256_file
+from app.runtime.manifest import MANIFEST, GraphIO, Manifest, StateTensor, sha256_file
 from models.base import ARModel, params_log_prob
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.runtimes import EagerRuntime, OnnxRuntime, Runtime, TorchScriptRuntime, step_loop

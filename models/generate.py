@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from app.sampling import sample_categorical, sample_mixture
+from app.engine.sampling import sample_categorical, sample_mixture
 from models.base import ARModel
 
 

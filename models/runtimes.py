@@ -14,9 +14,9 @@ import onnxruntime as ort
 import torch
 
 import models
-from app.backends import direct_run
-from app.manifest import StateTensor, load_manifest
-from app.sampling import sample_categorical, sample_mixture
+from app.engine.sampling import sample_categorical, sample_mixture
+from app.runtime.backends import direct_run
+from app.runtime.manifest import StateTensor, load_manifest
 from models.base import ARModel
 
 

@@ -94,7 +94,7 @@ def anyio_backend():
 
 
 def service_settings(artifacts: Path, **overrides):
-    from app.config import Settings
+    from app.runtime.config import Settings
 
     base = dict(model_dir=artifacts, max_batch=8, max_length=600, max_concurrent_streams=16, max_chunk=64,
                 model_backends={"tiny-made": "torchscript"}, log_level="warning")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.backends import load
-from app.engine import Batch, Generation, SampleSpec
-from app.manifest import load_manifest
+from app.engine.generation import Batch, Generation, SampleSpec
+from app.runtime.backends import load
+from app.runtime.manifest import load_manifest
 
 
 def make(backend, m, seed: int, max_new: int, prefix: list[int]) -> Generation:

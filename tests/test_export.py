@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import models
-from app.manifest import ArtifactError, load_manifest
+from app.runtime.manifest import ArtifactError, load_manifest
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.export import (
     FILES,

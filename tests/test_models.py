@@ -204,7 +204,7 @@ def test_misuse_fails_loudly(family):
 
 
 def test_sampler_is_deterministic_and_respects_filters():
-    from app.sampling import sample_categorical
+    from app.engine.sampling import sample_categorical
 
     logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]] * 2000))
     a = sample_categorical(logits, np.random.default_rng(3), 1.0, 0, 1.0)

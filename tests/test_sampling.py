@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.sampling import log_softmax, sample_categorical, sample_row, sample_rows, token_log_softmax
+from app.engine.sampling import log_softmax, sample_categorical, sample_row, sample_rows, token_log_softmax
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.5, 1.0, 1.7])

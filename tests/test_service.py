@@ -12,6 +12,7 @@ import math
 import subprocess
 import sys
 import wave
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -207,7 +208,7 @@ async def test_async_client(app):
 def test_settings_from_environment(monkeypatch):
     from pydantic import ValidationError
 
-    from app.config import Settings
+    from app.runtime.config import Settings
 
     monkeypatch.setenv("ARSERVE_MODEL_DIR", "/srv/models")
     monkeypatch.setenv("ARSERVE_MAX_BATCH", "3")
@@ -225,11 +226,26 @@ def test_app_never_imports_models():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
-    for path in (ROOT / "app").glob("*.py"):  # nor anywhere lazily, e.g. inside a function
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            assert not any(n.split(".")[0] == "models" for n in names), f"{path.name} imports {names}"
+    for path in (ROOT / "app").rglob("*.py"):  # nor anywhere lazily, e.g. inside a function
+        names = _imported(path)
+        assert not any(n.split(".")[0] == "models" for n in names), f"{path} imports {names}"
+
+
+def _imported(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names += [a.name for a in node.names] if isinstance(node, ast.Import) else (
+            [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+    return names
+
+
+@pytest.mark.parametrize("part, above", [("runtime", ("app.engine", "app.http", "app.main")),
+                                         ("engine", ("app.http", "app.main"))])
+def test_app_layers_never_import_upwards(part, above):
+    """app/http -> app/engine -> app/runtime (STYLE.md 11): no import runs back up."""
+    for path in (ROOT / "app" / part).rglob("*.py"):
+        wrong = [n for n in _imported(path) if n.startswith(above)]
+        assert not wrong, f"{path.relative_to(ROOT)} imports {wrong} from a layer above it"
 
 
 async def test_openapi_documents_the_api(client):

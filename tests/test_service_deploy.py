@@ -81,7 +81,7 @@ def test_compose_file_is_valid():
     assert volume["source"] == str(ROOT / "exported")
     assert volume["target"] == service["environment"]["ARSERVE_MODEL_DIR"]
     assert all(k.startswith("ARSERVE_") for k in service["environment"])
-    from app.config import Settings
+    from app.runtime.config import Settings
 
     known = {f"ARSERVE_{name.upper()}" for name in Settings.model_fields}
     assert set(service["environment"]) <= known, "compose sets a variable the service does not read"

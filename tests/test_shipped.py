@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.backends import load
-from app.manifest import load_manifest
+from app.runtime.backends import load
+from app.runtime.manifest import load_manifest
 from models.data import DataUnavailable
 from models.datasets import DATASETS
 

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from app.manifest import load_manifest
+from app.runtime.manifest import load_manifest
 from models.data import DataUnavailable, mnist
 from models.train import Recipe, TrainConfig, Trainer
 

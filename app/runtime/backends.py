@@ -14,8 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
-from app.config import BackendName
-from app.manifest import Manifest
+from app.runtime.config import BackendName
+from app.runtime.manifest import Manifest
 
 log = logging.getLogger("arserve")
 

@@ -11,14 +11,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app import codecs, sse
-from app.config import Settings
-from app.engine import Generation, SampleSpec, score
-from app.errors import APIError, busy, invalid, too_large
-from app.metrics import Metrics
-from app.registry import ServedModel
-from app.schemas import LogprobRequest, SampleParams
-from app.worker import Stream
+from app.engine import codecs
+from app.engine.errors import EngineError, busy, invalid, too_large, unavailable
+from app.engine.generation import Generation, SampleSpec, score
+from app.engine.registry import ServedModel
+from app.engine.worker import Stream
+from app.http import sse
+from app.http.errors import APIError
+from app.http.schemas import LogprobRequest, SampleParams
+from app.runtime.config import Settings
+from app.runtime.metrics import Metrics
 
 # ----- POST /logprob ----------------------------------------------------------------------------------
 
@@ -62,9 +64,9 @@ async def logprob(req: LogprobRequest, model: ServedModel, settings: Settings) -
     return {"model": model.name, "backend": backend, "results": results}
 
 
-def _timeout(settings: Settings) -> APIError:
-    return busy(f"the model did not answer within ARSERVE_REQUEST_TIMEOUT_S={settings.request_timeout_s:g}s",
-                settings.retry_after_s, 503, "timeout")
+def _timeout(settings: Settings) -> EngineError:
+    return unavailable("timeout", f"the model did not answer within ARSERVE_REQUEST_TIMEOUT_S="
+                                  f"{settings.request_timeout_s:g}s", settings.retry_after_s)
 
 
 # ----- sampling ----------------------------------------------------------------------------------------

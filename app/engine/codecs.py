@@ -1,7 +1,7 @@
 """The one place where user data meets tokens: chars, pixels, mu-law audio and vectors, both ways.
 
-Parsing checks everything the model would choke on (type, length, vocabulary, finiteness) and raises a
-422 that names the field and the position, so the backends only ever see well-formed arrays.
+Parsing checks everything the model would choke on (type, length, vocabulary, finiteness) and raises an
+InvalidInput error (a 422) that names the field and the position, so the backends only ever see well-formed arrays.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from app.errors import invalid
-from app.manifest import Manifest
+from app.engine.errors import invalid
+from app.runtime.manifest import Manifest
 
 # ----- parsing: JSON -> token arrays ---------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The HTTP API (DESIGN.md): thin handlers over app.service."""
+"""The HTTP API (DESIGN.md): thin handlers over app.http.service."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app import service
-from app.config import Settings
-from app.metrics import Metrics
-from app.registry import Registry, ServedModel
-from app.schemas import LogprobRequest, LogprobResponse, ModelsResponse, SampleBody, SampleDone, SampleParams
-from app.sse import EventStreamResponse
+from app.engine.registry import Registry, ServedModel
+from app.http import service
+from app.http.schemas import LogprobRequest, LogprobResponse, ModelsResponse, SampleBody, SampleDone, SampleParams
+from app.http.sse import EventStreamResponse
+from app.runtime.config import Settings
+from app.runtime.metrics import Metrics
 
 router = APIRouter()
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.config import BackendName
+from app.runtime.config import BackendName
 
 FinishReason = Literal["complete", "length"]
 

@@ -12,13 +12,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from app import backends
-from app.backends import Backend
-from app.config import BackendName, Settings
-from app.errors import APIError, busy, invalid, model_not_found
-from app.manifest import ArtifactError, Manifest, load_manifest
-from app.metrics import Metrics
-from app.worker import ModelWorker
+from app.engine.errors import invalid, model_not_found, unavailable
+from app.engine.worker import ModelWorker
+from app.runtime import backends
+from app.runtime.backends import Backend
+from app.runtime.config import BackendName, Settings
+from app.runtime.manifest import ArtifactError, Manifest, load_manifest
+from app.runtime.metrics import Metrics
 
 log = logging.getLogger("arserve")
 
@@ -46,8 +46,8 @@ class ServedModel:
                     self._backends[name] = backends.load(name, self.folder, self.manifest, threads)
                 except Exception as e:
                     log.exception("cannot load the %s backend of %s", name, self.name)
-                    raise APIError(503, "backend_unavailable", f"backend: {name} failed to load for {self.name}: {e}",
-                                   "backend") from None
+                    raise unavailable("backend_unavailable", f"backend: {name} failed to load for {self.name}: {e}",
+                                      field="backend") from None
             return self._backends[name]
 
     def pick_backend(self, requested: BackendName | None) -> BackendName:
@@ -119,7 +119,7 @@ class Registry:
 
     def require_loaded(self) -> None:
         if not self.loaded:
-            raise busy("models are still loading", self.settings.retry_after_s, 503, "not_ready")
+            raise unavailable("not_ready", "models are still loading", self.settings.retry_after_s)
 
     def get(self, name: str) -> ServedModel:
         self.require_loaded()

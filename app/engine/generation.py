@@ -1,7 +1,7 @@
 """The generation loop and scoring, written against the Backend protocol. Knows nothing of HTTP or text.
 
 Generation is prefill -> step -> sample -> stop: a request's prefix tokens are fed through `step` like any
-other token (forced instead of drawn), then every position is drawn with app.sampling from the request's
+other token (forced instead of drawn), then every position is drawn with app.engine.sampling from the request's
 own numpy Generator. Rows of different requests can share one batched `step` call, each at its own
 position; since the sampler takes one uniform per row per draw from the row's own Generator, how the work
 is batched (or chunked into events) never changes a sample.
@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.backends import Backend
-from app.sampling import (
+from app.engine.sampling import (
     log_softmax,
     mixture_log_density,
     sample_mixture,
@@ -24,6 +23,7 @@ from app.sampling import (
     sample_rows,
     token_log_softmax,
 )
+from app.runtime.backends import Backend
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Every error leaves the service as {"error": {"code", "message"}} (plus "field" where one is to blame).
 
 The caller's mistakes are 4xx and name the field and position; a 500 means a bug in the server, never bad
-input. Errors are raised as APIError anywhere below the routes and turned into responses here, once.
+input. The engine raises its own errors (app/engine/errors.py); this
+module maps them, and the HTTP layer's own APIError, to responses, once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.engine.errors import Busy, EngineError, InvalidInput, LimitExceeded, ModelNotFound, Unavailable
 
 log = logging.getLogger("arserve")
 
@@ -31,22 +34,14 @@ class APIError(Exception):
         return {"error": err}
 
 
-def invalid(field: str, message: str) -> APIError:
-    """Bad input for this model: 422 whose message starts with the field (and position) to blame."""
-    return APIError(422, "invalid_input", f"{field}: {message}", field=field)
+# The engine's errors, by kind; everything else below the routes raises APIError directly.
+STATUS: dict[type[EngineError], int] = {InvalidInput: 422, LimitExceeded: 413, ModelNotFound: 404, Busy: 429,
+                                        Unavailable: 503}
 
 
-def too_large(field: str, message: str) -> APIError:
-    """Over a limit the operator configured (batch size, length): 413."""
-    return APIError(413, "limit_exceeded", f"{field}: {message}", field=field)
-
-
-def model_not_found(name: str, known: Sequence[str]) -> APIError:
-    return APIError(404, "model_not_found", f"model: no model named {name!r}; loaded: {sorted(known)}", "model")
-
-
-def busy(message: str, retry_after_s: int, status: int = 429, code: str = "too_many_streams") -> APIError:
-    return APIError(status, code, message, headers={"Retry-After": str(retry_after_s)})
+def from_engine(exc: EngineError) -> APIError:
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+    return APIError(STATUS.get(type(exc), 422), exc.code, exc.message, exc.field, headers)
 
 
 def field_name(loc: Sequence[Any]) -> str:
@@ -82,6 +77,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
         return _json(exc)
+
+    @app.exception_handler(EngineError)
+    async def _engine_error(request: Request, exc: EngineError) -> JSONResponse:
+        return _json(from_engine(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from app.backends import Backend
-from app.engine import Batch, Generation
+from app.engine.generation import Batch, Generation
+from app.runtime.backends import Backend
 
 log = logging.getLogger("arserve")
 
