@@ -1,4 +1,4 @@
-"""The README's model-card table, read from the shipped manifests: `python -m models.cards [exported]`.
+"""The model-card table (docs/models.md), read from the shipped manifests: `python -m models.cards [exported]`.
 
 Every figure comes from a manifest the trainer wrote (models/train.py), so the table cannot drift from the
 artifacts; published anchors are quoted beside them for orientation.
