@@ -90,9 +90,14 @@ class SampleJob:
         return Samples([self.open(spec) for spec in self.specs()])
 
     def open(self, spec: SampleSpec) -> Stream:
-        m = self.model.manifest
-        mixture = m.distribution == "gaussian_mixture"
-        return self.model.worker.open(self.backend, lambda b: Generation(spec, b.init_state(1), mixture, m.token_dtype))
+        return open_stream(self.model, self.backend, spec)
+
+
+def open_stream(model: ServedModel, backend: str, spec: SampleSpec) -> Stream:
+    """One generation on the model's worker (its state made there, on the worker thread)."""
+    m = model.manifest
+    mixture = m.distribution == "gaussian_mixture"
+    return model.worker.open(backend, lambda b: Generation(spec, b.init_state(1), mixture, m.token_dtype))
 
 
 def prepare_sample(p: SampleParams, model: ServedModel, settings: Settings) -> SampleJob:
