@@ -141,6 +141,9 @@ def test_prompt_forms(client):
     assert [c.index for c in by_text.choices] == [0, 1]
     assert by_ids.choices[0].text == by_text.choices[0].text
     assert by_text.usage.prompt_tokens == len("ROMEO") + len("JULIET")
+    empty = client.completions.create(model=MODEL, prompt="", max_tokens=3, echo=True, logprobs=1, seed=4)
+    lp = empty.choices[0].logprobs  # nothing to echo: the first drawn token has its log-prob (position 0's)
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 3 and None not in lp.token_logprobs
 
 
 def test_tokenizer_routes(server):

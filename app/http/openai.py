@@ -274,7 +274,8 @@ class Completion:
         if self.k is None:
             return self._choice(c, text, None)
         lps = self.echo_logprobs[c // self.n]
-        top = [None] + [self._top(c, pos, int(prompt[pos]), lps[pos]) for pos in range(1, len(prompt))]
+        top = [None] * min(1, len(prompt)) + [self._top(c, pos, int(prompt[pos]), lps[pos])
+                                              for pos in range(1, len(prompt))]
         return self._choice(c, text, self._logprobs(c, prompt.tolist(), lps, top))
 
     def _piece(self, c: int, r: range) -> dict:
