@@ -196,3 +196,14 @@ def test_bad_request_raises_in_the_client(client):
 def test_unknown_fields_are_ignored(server):
     body = {"model": MODEL, "prompt": "a", "max_tokens": 2, "user": "x", "presence_penalty": 0, "best_of": 1}
     assert httpx.post(f"{server}/v1/completions", json=body, timeout=30).status_code == 200
+
+
+def test_streamed_choices_of_n_and_of_several_prompts(client):
+    kwargs = dict(model=MODEL, prompt=["ROMEO:", "JULIET:"], max_tokens=15, n=2, seed=6, stop=["e"])
+    whole = client.completions.create(**kwargs)
+    texts = {i: "" for i in range(4)}
+    for chunk in client.completions.create(**kwargs, stream=True):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+    assert texts == {c.index: c.text for c in whole.choices}
+    assert all("e" not in t for t in texts.values())
