@@ -7,8 +7,10 @@
         for event in client.sample("char-rnn-shakespeare", prompt="ROMEO:", max_len=200, seed=0):
             print(event.data.get("text", ""), end="", flush=True)
 
-`sample()` yields the stream's `token` events and finally its `done` event; an `error` event, or an HTTP
-error before the stream starts, raises ArserveError.
+`sample()` yields the stream's `token` events and finally its `done` event (one per sample with n > 1, each
+event's data then carrying its "sample" index); an `error` event, or an HTTP error before the stream starts,
+raises ArserveError. Sampling controls: temperature, top_k, top_p, min_p, n, seed, stop (a list of strings, text
+models), max_len, prefix or prompt, chunk.
 """
 
 from __future__ import annotations
@@ -85,8 +87,10 @@ class ArserveClient:
         return _check(self.http.post("/logprob", json=body))
 
     def sample(self, model: str, **params: Any) -> Iterator[Event]:
-        """Stream GET /sample: yields token events, then the done event. Params as in the API (seed,
-        temperature, top_k, top_p, max_len, prefix (list or "1,0,1"), prompt, chunk, backend)."""
+        """Stream GET /sample: yields token events, then the done event (n of them for n samples). Params as in
+        the API (seed, temperature, top_k, top_p, min_p, n, stop, max_len, prefix (list or "1,0,1"), prompt,
+        chunk, backend)."""
+        left = params.get("n") or 1
         with connect_sse(self.http, "GET", "/sample", params=_query(model, params)) as source:
             if source.response.status_code >= 400:
                 source.response.read()
@@ -94,11 +98,12 @@ class ArserveClient:
             for sse in source.iter_sse():
                 event = _event(sse)
                 yield event
-                if event.event == "done":
+                left -= event.event == "done"
+                if not left:
                     return
 
     def generate(self, model: str, **params: Any) -> dict:
-        """POST /sample: the whole sample as the done object."""
+        """POST /sample: the whole sample as the done object ({"model", "samples": [done, ...]} for n > 1)."""
         return _check(self.http.post("/sample", json={"model": model, **params}))
 
 
@@ -125,6 +130,7 @@ class AsyncArserveClient:
         return _check(await self.http.post("/logprob", json=body))
 
     async def sample(self, model: str, **params: Any) -> AsyncIterator[Event]:
+        left = params.get("n") or 1
         async with aconnect_sse(self.http, "GET", "/sample", params=_query(model, params)) as source:
             if source.response.status_code >= 400:
                 await source.response.aread()
@@ -132,7 +138,8 @@ class AsyncArserveClient:
             async for sse in source.aiter_sse():
                 event = _event(sse)
                 yield event
-                if event.event == "done":
+                left -= event.event == "done"
+                if not left:
                     return
 
     async def generate(self, model: str, **params: Any) -> dict:

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from app.engine.registry import Registry
 from app.http import errors
 from app.http.middleware import MetricsMiddleware
+from app.http.openai import router as openai_router
 from app.http.routes import router
 from app.http.service import StreamSlots
 from app.runtime.config import Settings, get_settings
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(router)
+    app.include_router(openai_router)  # /v1/models, /v1/completions, /tokenize, /detokenize, /tokenizer_info
     return app
 
 

@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.engine.sampling import log_softmax, sample_categorical, sample_row, sample_rows, token_log_softmax
+from app.engine.sampling import (
+    log_softmax,
+    min_p_filter,
+    sample_categorical,
+    sample_row,
+    sample_rows,
+    token_log_softmax,
+)
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.5, 1.0, 1.7])
@@ -50,3 +57,25 @@ def test_small_vocabulary_path_draws_what_numpy_draws(temperature):
         rows = [sample_row(logits[i], np.random.default_rng(s), temperature) for i, s in enumerate(seeds)]
         u = np.array([np.random.default_rng(s).random() for s in seeds])
         assert sample_rows(logits, u, temperature).tolist() == rows
+
+
+@pytest.mark.parametrize("min_p", [0.0, 0.05, 0.5, 1.0])
+@pytest.mark.parametrize(("top_k", "top_p"), [(0, 1.0), (5, 1.0), (0, 0.8)])
+def test_min_p_row_and_rows_agree_and_keep_only_likely_tokens(min_p, top_k, top_p):
+    g = np.random.default_rng(int(min_p * 100) + top_k)
+    logits = g.standard_normal((300, 65)) * 3
+    seeds = g.integers(1 << 30, size=300)
+    rows = [sample_row(logits[i], np.random.default_rng(s), 1.0, top_k, top_p, min_p) for i, s in enumerate(seeds)]
+    u = np.array([np.random.default_rng(s).random() for s in seeds])
+    assert sample_rows(logits, u, 1.0, top_k, top_p, min_p).tolist() == rows
+    p = np.exp(log_softmax(logits))
+    chosen = p[np.arange(300), rows]
+    assert (chosen >= min_p * p.max(axis=-1) - 1e-12).all()  # never a token under min_p x the most likely
+    if min_p == 1.0:
+        assert rows == logits.argmax(axis=-1).tolist()
+
+
+def test_min_p_filter_is_relative_to_the_most_likely():
+    p = np.array([[1.0, 0.5, 0.09, 0.1], [0.2, 0.2, 0.01, 0.0]])
+    assert min_p_filter(p, 0.1).tolist() == [[1.0, 0.5, 0.0, 0.1], [0.2, 0.2, 0.0, 0.0]]
+    assert min_p_filter(p, 0.0) is p

@@ -135,10 +135,12 @@ def _shape(m: Manifest) -> str:
 
 def encode_text(s: str, m: Manifest, field: str) -> np.ndarray:
     index = {c: i for i, c in enumerate(m.vocabulary.chars)}
-    for i, c in enumerate(s):
-        if c not in index:
-            raise invalid(field, f"unknown character {c!r} (U+{ord(c):04X}) at position {i}; "
-                                 f"model {m.name} knows {m.vocabulary.chars!r}")
+    unknown = sorted(set(s) - index.keys())
+    if unknown:
+        i = min(s.index(c) for c in unknown)
+        names = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
+        raise invalid(field, f"unknown character {s[i]!r} (U+{ord(s[i]):04X}) at position {i}; characters outside "
+                             f"the vocabulary: {names}; model {m.name} knows {m.vocabulary.chars!r}")
     return np.array([index[c] for c in s], dtype=np.int64)
 
 

@@ -22,6 +22,7 @@ from app.engine.sampling import (
     sample_row,
     sample_rows,
     token_log_softmax,
+    top_logprobs,
 )
 from app.runtime.backends import Backend
 
@@ -34,6 +35,8 @@ class SampleSpec:
     temperature: float = 1.0  # 0 = greedy
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
+    min_p: float = 0.0  # 0 = off
+    top_logprobs: int = 0  # keep the k most likely tokens of every position (Generation.top); 0 = off
 
 
 @dataclass
@@ -48,6 +51,7 @@ class Generation:
     x_prev: float | int = 0  # the start token at position 0 is the model's business; 0 is ignored
     tokens: list = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    top: list[tuple[list, list[float]]] = field(default_factory=list)  # per position: (tokens, log-probs)
     created: float = field(default_factory=time.perf_counter)
     started: float | None = None  # first step
     first_token: float | None = None  # first drawn token (after the prefill)
@@ -78,7 +82,7 @@ class Generation:
     def draw_settings(self) -> tuple:
         """Rows with equal settings can be drawn together (Batch.step)."""
         s = self.spec
-        return (self.mixture, s.temperature, s.top_k, s.top_p)
+        return (self.mixture, s.temperature, s.top_k, s.top_p, s.min_p)
 
     def take(self, token: float | int, logprob: float) -> tuple[float | int, float]:
         """Record a drawn token and move on."""
@@ -99,7 +103,13 @@ class Generation:
         s = self.spec
         if self.mixture:
             return sample_mixture(params[None], self.rng, s.temperature)[0].item()  # float32 -> exact float
-        return sample_row(params, self.rng, s.temperature, s.top_k, s.top_p)
+        return sample_row(params, self.rng, s.temperature, s.top_k, s.top_p, s.min_p)
+
+    def keep_top(self, params: np.ndarray) -> None:
+        """Record the most likely tokens at this row's position (before it moves on), for callers that report
+        alternatives (the OpenAI-compatible logprobs)."""
+        if self.spec.top_logprobs and not self.mixture:
+            self.top.append(top_logprobs(params, self.spec.top_logprobs))
 
     def timings(self) -> dict[str, float]:
         end = self.finished or time.perf_counter()
@@ -143,6 +153,9 @@ class Batch:
         pos = np.array([g.pos for g in gens], dtype=np.int64)  # (B,)
         params, self.state = backend.step(x_prev, pos, self.state)  # (B, P)
         params = np.asarray(params, dtype=np.float64)
+        for r, g in enumerate(gens):
+            if g.spec.top_logprobs:
+                g.keep_top(params[r])
         out: list[tuple[float | int, float] | None] = [None] * len(gens)
         together: dict[tuple, list[int]] = {}  # categorical rows drawing with the same settings
         for r, g in enumerate(gens):
@@ -150,13 +163,13 @@ class Batch:
                 out[r] = g.accept(params[r])
             else:
                 together.setdefault(g.draw_settings, []).append(r)
-        for (_, temperature, top_k, top_p), rows in together.items():
+        for (_, temperature, top_k, top_p, min_p), rows in together.items():
             if len(rows) == 1:
                 out[rows[0]] = gens[rows[0]].accept(params[rows[0]])
                 continue
             # One vectorized draw for the group; each row's uniform from its own Generator, as sample_row takes it
             u = np.array([gens[r].rng.random() for r in rows])
-            tokens = sample_rows(params[rows], u, temperature, top_k, top_p)
+            tokens = sample_rows(params[rows], u, temperature, top_k, top_p, min_p)
             logprobs = log_softmax(params[rows])[np.arange(len(rows)), tokens]
             for r, token, lp in zip(rows, tokens.tolist(), logprobs.tolist(), strict=True):
                 out[r] = gens[r].take(token, lp)

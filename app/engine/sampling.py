@@ -1,4 +1,8 @@
-"""Sampling: one pure function of (parameters, rng, temperature, top_k, top_p), in numpy.
+"""Sampling: one pure function of (parameters, rng, temperature, top_k, top_p, min_p), in numpy.
+
+Filters apply in this order: temperature scales the logits, then top_k keeps the k most likely tokens, then
+top_p keeps the smallest set reaching that mass (of what top_k left), then min_p drops every token less likely
+than min_p times the most likely one. Each filter only zeroes probabilities; the draw renormalizes.
 
 Shared by the service, the exporter's parity check and the model tests, so that the same seed gives the
 same tokens everywhere. Every draw takes exactly one uniform per row (two for mixtures), so a sample
@@ -19,15 +23,16 @@ SMALL_VOCAB = 16
 
 
 def sample_categorical(
-    logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+    logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+    min_p: float = 0.0,
 ) -> np.ndarray:
     """logits [B, V] -> tokens [B] (int64), all rows from one Generator (one uniform per row, in row order)."""
     logits = np.asarray(logits, dtype=np.float64)
-    return sample_rows(logits, rng.random(logits.shape[0]), temperature, top_k, top_p)
+    return sample_rows(logits, rng.random(logits.shape[0]), temperature, top_k, top_p, min_p)
 
 
-def sample_rows(logits: np.ndarray, u: np.ndarray, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
-                ) -> np.ndarray:
+def sample_rows(logits: np.ndarray, u: np.ndarray, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                min_p: float = 0.0) -> np.ndarray:
     """logits [B, V] and one uniform per row [B] -> tokens [B] (int64): `sample_row`'s draw for many rows at
     once (rows that share their settings; each row's uniform may come from its own Generator). The same
     arithmetic row by row, so the same tokens (tests/test_sampling.py holds the two to it)."""
@@ -46,14 +51,15 @@ def sample_rows(logits: np.ndarray, u: np.ndarray, temperature: float = 1.0, top
         mass = desc / desc.sum(axis=-1, keepdims=True)
         kept = ((np.cumsum(mass, axis=-1) - mass) < top_p).sum(axis=-1)  # smallest set reaching top_p (>= 1)
         p = np.where(p >= np.take_along_axis(desc, kept[:, None] - 1, axis=-1), p, 0.0)
+    p = min_p_filter(p, min_p)
     cdf = np.cumsum(p, axis=-1)
     idx = (cdf < (u * cdf[:, -1])[:, None]).sum(axis=-1)
     return np.minimum(idx, V - 1).astype(np.int64)
 
 
 def sample_row(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0, top_k: int = 0,
-               top_p: float = 1.0) -> int:
-    """logits [V] -> one token. temperature 0 is greedy; top_k 0 and top_p 1 are off.
+               top_p: float = 1.0, min_p: float = 0.0) -> int:
+    """logits [V] -> one token. temperature 0 is greedy; top_k 0, top_p 1 and min_p 0 are off.
 
     The draw is the inverse CDF of one uniform, in vocabulary order; top-k and top-p only zero out tokens
     (ties at a threshold are kept), so no sort is needed unless a filter asks for one. This runs once per
@@ -63,7 +69,7 @@ def sample_row(logits: np.ndarray, rng: np.random.Generator, temperature: float 
     u = rng.random()  # drawn even when greedy, so that the stream of draws never shifts
     if temperature == 0 or top_k == 1:
         return int(z.argmax())
-    if z.shape[0] <= SMALL_VOCAB and top_k == 0 and top_p >= 1.0:
+    if z.shape[0] <= SMALL_VOCAB and top_k == 0 and top_p >= 1.0 and min_p == 0:
         return _draw_small(z.tolist(), u, temperature)
     if temperature != 1:
         z = z / temperature
@@ -77,8 +83,25 @@ def sample_row(logits: np.ndarray, rng: np.random.Generator, temperature: float 
         mass = desc / desc.sum()
         kept = int(((np.cumsum(mass) - mass) < top_p).sum())  # smallest set reaching top_p (>= 1)
         p = np.where(p >= desc[kept - 1], p, 0.0)
+    p = min_p_filter(p, min_p)
     cdf = np.cumsum(p)
     return min(int(cdf.searchsorted(u * cdf[-1])), V - 1)  # = the number of cdf entries below u * total
+
+
+def min_p_filter(p: np.ndarray, min_p: float) -> np.ndarray:
+    """Unnormalized probabilities [..., V] -> the same with every token below min_p x the row's largest zeroed
+    (min-p sampling, Nguyen et al. 2024: the cut follows the model's confidence). min_p 0 is off."""
+    if min_p <= 0:
+        return p
+    return np.where(p >= min_p * p.max(axis=-1, keepdims=True), p, 0.0)
+
+
+def top_logprobs(logits: np.ndarray, k: int) -> tuple[list[int], list[float]]:
+    """The k most likely tokens of one row [V] and their log-probs under the untempered model, most likely
+    first (ties: the lower token first)."""
+    lp = log_softmax(logits)
+    top = np.argsort(-lp, kind="stable")[:k]
+    return top.tolist(), lp[top].tolist()
 
 
 def _draw_small(z: list[float], u: float, temperature: float) -> int:

@@ -8,6 +8,7 @@ module maps them, and the HTTP layer's own APIError, to responses, once.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,29 +70,45 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     return APIError(422, "invalid_request", "; ".join(parts), field)
 
 
-def _json(err: APIError) -> JSONResponse:
+# Routes of the OpenAI-compatible surface answer errors in OpenAI's shape, {"error": {"message", "type", "param",
+# "code"}}, with 400 for every invalid value (OpenAI's status; its clients raise BadRequestError on it).
+OPENAI_PATHS = ("/v1/", "/tokenize", "/detokenize", "/tokenizer_info")
+OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
+def openai_error(err: APIError) -> tuple[int, dict[str, Any]]:
+    status = 400 if err.status in (413, 422) else err.status
+    kind = OPENAI_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+    param = re.match(r"\w*", err.field).group() if err.field else None  # the parameter: "prompt" of "prompt[1]"
+    return status, {"error": {"message": err.message, "type": kind, "param": param or None, "code": err.code}}
+
+
+def _json(err: APIError, request: Request | None = None) -> JSONResponse:
+    if request is not None and request.url.path.startswith(OPENAI_PATHS):
+        status, body = openai_error(err)
+        return JSONResponse(body, status_code=status, headers=err.headers)
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return _json(exc)
+        return _json(exc, request)
 
     @app.exception_handler(EngineError)
     async def _engine_error(request: Request, exc: EngineError) -> JSONResponse:
-        return _json(from_engine(exc))
+        return _json(from_engine(exc), request)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _json(_validation_error(exc))
+        return _json(_validation_error(exc), request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _json(APIError(exc.status_code, code, str(exc.detail), headers=exc.headers))
+        return _json(APIError(exc.status_code, code, str(exc.detail), headers=exc.headers), request)
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _json(APIError(500, "internal_error", "internal server error (logged)"))
+        return _json(APIError(500, "internal_error", "internal server error (logged)"), request)

@@ -10,7 +10,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.engine.registry import Registry, ServedModel
 from app.http import service
-from app.http.schemas import LogprobRequest, LogprobResponse, ModelsResponse, SampleBody, SampleDone, SampleParams
+from app.http.schemas import (
+    LogprobRequest,
+    LogprobResponse,
+    ModelsResponse,
+    SampleBody,
+    SampleDone,
+    SampleMany,
+    SampleParams,
+)
 from app.http.sse import EventStreamResponse
 from app.runtime.config import Settings
 from app.runtime.metrics import Metrics
@@ -71,7 +79,7 @@ async def logprob(req: LogprobRequest, request: Request, registry: RegistryDep, 
 async def sample_stream(params: Annotated[SampleParams, Query()], request: Request, registry: RegistryDep,
                         settings: SettingsDep) -> EventStreamResponse:
     job = service.prepare_sample(params, _model(request, registry, params.model), settings)
-    release = request.app.state.slots.acquire(job.model.name)  # 429 before the stream starts
+    release = request.app.state.slots.acquire(job.model.name, job.n)  # 429 before the stream starts
     try:
         stream = job.start()
     except BaseException:
@@ -80,10 +88,10 @@ async def sample_stream(params: Annotated[SampleParams, Query()], request: Reque
     return EventStreamResponse(service.events(job, stream, settings), on_close=release)
 
 
-@router.post("/sample", response_model=SampleDone, response_model_exclude_none=True)
+@router.post("/sample", response_model=SampleDone | SampleMany, response_model_exclude_none=True)
 async def sample(body: SampleBody, request: Request, registry: RegistryDep, settings: SettingsDep) -> dict:
     job = service.prepare_sample(body, _model(request, registry, body.model), settings)
-    release = request.app.state.slots.acquire(job.model.name)
+    release = request.app.state.slots.acquire(job.model.name, job.n)
     try:
         return await service.sample_once(job, job.start(), settings)
     finally:

@@ -3,13 +3,14 @@ depend on the model or on the server's settings are checked by the routes agains
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.runtime.config import BackendName
 
-FinishReason = Literal["complete", "length"]
+FinishReason = Literal["complete", "length", "stop"]
+MAX_STOPS = 4  # stop strings per request, as OpenAI allows
 
 
 class _Request(BaseModel):
@@ -32,6 +33,11 @@ class SampleParams(_Request):
     temperature: float = Field(1.0, ge=0, le=100, allow_inf_nan=False, description="0 = greedy argmax")
     top_k: int = Field(0, ge=0, description="keep the k most likely tokens; 0 = off")
     top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False, description="nucleus mass; 1 = off")
+    min_p: float = Field(0.0, ge=0, le=1, allow_inf_nan=False,
+                         description="drop tokens less likely than min_p x the most likely one; 0 = off")
+    n: int = Field(1, ge=1, description="samples to draw, each with its own seed derived from `seed`")
+    stop: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        None, max_length=MAX_STOPS, description="text models: end a sample before the first of these strings")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="omitted: chosen at random and reported")
     max_len: int | None = Field(None, ge=1, description="most tokens to generate after the prefix")
     prefix: str | None = Field(None, description="comma-separated tokens fed before sampling")
@@ -70,6 +76,12 @@ class SampleDone(BaseModel):
     text: str | None = None
     png: str | None = None
     wav: str | None = None
+    sample: int | None = Field(None, description="which of the n samples (only when n > 1)")
+
+
+class SampleMany(BaseModel):
+    model: str
+    samples: list[SampleDone] = Field(description="POST /sample with n > 1: every sample's done object, in order")
 
 
 class ModelsResponse(BaseModel):

@@ -7,7 +7,7 @@ import asyncio
 import math
 import secrets
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from app.engine.registry import ServedModel
 from app.engine.worker import Stream
 from app.http import sse
 from app.http.errors import APIError
+from app.http.samples import Progress, Samples, close, derived_seed
 from app.http.schemas import LogprobRequest, SampleParams
 from app.runtime.config import Settings
 from app.runtime.metrics import Metrics
@@ -78,13 +79,25 @@ class SampleJob:
     backend: str
     spec: SampleSpec
     chunk: int
+    n: int = 1  # samples, each with its own seed derived from spec.seed (samples.derived_seed)
+    stop: tuple[str, ...] = ()  # text models: a sample ends before the first of these strings
 
-    def start(self) -> Stream:
-        m = self.model.manifest
-        mixture = m.distribution == "gaussian_mixture"
-        return self.model.worker.open(
-            self.backend, lambda b: Generation(self.spec, b.init_state(1), mixture, m.token_dtype)
-        )
+    def specs(self) -> list[SampleSpec]:
+        return [replace(self.spec, seed=derived_seed(self.spec.seed, i)) for i in range(self.n)]
+
+    def start(self) -> Samples:
+        """Open the n generations at once, so the worker batches them from their first step."""
+        return Samples([self.open(spec) for spec in self.specs()])
+
+    def open(self, spec: SampleSpec) -> Stream:
+        return open_stream(self.model, self.backend, spec)
+
+
+def open_stream(model: ServedModel, backend: str, spec: SampleSpec) -> Stream:
+    """One generation on the model's worker (its state made there, on the worker thread)."""
+    m = model.manifest
+    mixture = m.distribution == "gaussian_mixture"
+    return model.worker.open(backend, lambda b: Generation(spec, b.init_state(1), mixture, m.token_dtype))
 
 
 def prepare_sample(p: SampleParams, model: ServedModel, settings: Settings) -> SampleJob:
@@ -94,11 +107,16 @@ def prepare_sample(p: SampleParams, model: ServedModel, settings: Settings) -> S
         raise too_large("chunk", f"{p.chunk} exceeds the server's limit ARSERVE_MAX_CHUNK={settings.max_chunk}")
     if p.max_len is not None and p.max_len > settings.max_length:
         raise too_large("max_len", f"{p.max_len} exceeds the server's limit ARSERVE_MAX_LENGTH={settings.max_length}")
+    check_n(p.n, "n", settings)
     if m.distribution == "gaussian_mixture":
-        for name, off in (("top_k", 0), ("top_p", 1.0)):
+        for name, off in (("top_k", 0), ("top_p", 1.0), ("min_p", 0.0)):
             if getattr(p, name) != off:
                 raise invalid(name, f"{m.name} draws continuous values from a mixture; only temperature applies")
+    if p.stop and m.modality != "text":
+        raise invalid("stop", f"stop strings apply to text models; {m.name} is a {m.modality} model")
     prefix = codecs.parse_prefix(p.prefix, p.prompt, m)
+    for i, s in enumerate(p.stop or []):
+        codecs.encode_text(s, m, f"stop[{i}]")  # a stop string the model cannot write is a typo
     room = m.length - len(prefix)
     if m.variable_length:
         n = min(p.max_len or room, room, settings.max_length)
@@ -111,114 +129,159 @@ def prepare_sample(p: SampleParams, model: ServedModel, settings: Settings) -> S
             raise too_large("max_len", f"this model's samples hold {n} tokens, over ARSERVE_MAX_LENGTH="
                                        f"{settings.max_length}")
     seed = p.seed if p.seed is not None else secrets.randbelow(2**31)
-    spec = SampleSpec(max_new=n, prefix=prefix, seed=seed, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p)
-    return SampleJob(model, backend, spec, p.chunk)
+    spec = SampleSpec(max_new=n, prefix=prefix, seed=seed, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
+                      min_p=p.min_p)
+    return SampleJob(model, backend, spec, p.chunk, p.n, tuple(p.stop or ()))
+
+
+def check_n(n: int, field: str, settings: Settings) -> None:
+    if n > settings.max_n:
+        raise too_large(field, f"{n} samples exceed the server's limit ARSERVE_MAX_N={settings.max_n}")
 
 
 class StreamSlots:
-    """Admission control: at most max_concurrent_streams generations at once, server-wide; the rest get 429."""
+    """Admission control: at most max_concurrent_streams generations at once, server-wide; the rest get 429.
+    A request for n samples takes n slots."""
 
     def __init__(self, settings: Settings, metrics: Metrics):
         self.limit, self.retry_after, self.metrics = settings.max_concurrent_streams, settings.retry_after_s, metrics
         self.active = 0  # touched only on the event loop
 
-    def acquire(self, model: str) -> Callable[[], None]:
-        if self.active >= self.limit:
+    def acquire(self, model: str, n: int = 1) -> Callable[[], None]:
+        if n > self.limit:
+            raise too_large("n", f"{n} samples at once exceed the server's limit ARSERVE_MAX_CONCURRENT_STREAMS="
+                                 f"{self.limit}")
+        if self.active + n > self.limit:
             raise busy(f"{self.active} sample streams are running, the server's limit "
                        f"(ARSERVE_MAX_CONCURRENT_STREAMS={self.limit}); retry later", self.retry_after)
-        self.active += 1
+        self.active += n
         gauge = self.metrics.active_streams.labels(model)
-        gauge.inc()
+        gauge.inc(n)
         released = False
 
         def release() -> None:
             nonlocal released
             if not released:
                 released = True
-                self.active -= 1
-                gauge.dec()
+                self.active -= n
+                gauge.dec(n)
 
         return release
 
 
-def token_event(job: SampleJob, pending: list[tuple]) -> dict:
-    tokens = [t for _, t, _ in pending]
-    data = {"index": pending[0][0], "tokens": tokens, "logprobs": [lp for _, _, lp in pending]}
-    if job.model.manifest.modality == "text":
-        data["text"] = codecs.decode_text(tokens, job.model.manifest)
-    return data
+class Reader:
+    """Turns the worker's items for a job's n samples into the API's token and done objects."""
+
+    def __init__(self, job: SampleJob, samples: Samples):
+        self.job, self.samples = job, samples
+        self.m = job.model.manifest
+        self.progress = [Progress(list(job.stop)) for _ in range(job.n)]
+        self.done: list[dict | None] = [None] * job.n
+
+    @property
+    def finished(self) -> bool:
+        return all(d is not None for d in self.done)
+
+    def read(self, i: int, item: tuple) -> list[tuple[str, dict]]:
+        """One worker item of sample i -> the (event, data) pairs now due, in order."""
+        p = self.progress[i]
+        if item[0] == "error":
+            return [("error", {"error": {"code": item[1], "message": item[2]}})]
+        if self.done[i] is not None:  # tokens drawn past a stop string, before the cancel landed
+            return []
+        if item[0] == "token":
+            _, pos, token, logprob = item
+            p.add(pos, token, logprob, self.m.vocabulary.chars[token] if self.job.stop else None)
+            if not p.stopped:
+                return self._tokens(i, p.take(self.job.chunk))
+            self.samples.cancel(i)  # the rest of this sample will never be sent
+        gen = self.samples.streams[i].gen
+        full = len(self.job.spec.prefix) + len(p.tokens) == self.m.length
+        p.end("complete" if full else "length")
+        out = self._tokens(i, p.take(self.job.chunk, flush=True))
+        self.done[i] = self._done(i, p, gen)
+        return [*out, ("done", self.done[i])]
+
+    def _tokens(self, i: int, r: range) -> list[tuple[str, dict]]:
+        p, out = self.progress[i], []
+        for a in range(r.start, r.stop, self.job.chunk):
+            b = min(a + self.job.chunk, r.stop)
+            data = {"index": p.positions[a], "tokens": p.tokens[a:b], "logprobs": p.logprobs[a:b]}
+            if self.m.modality == "text":
+                data["text"] = codecs.decode_text(p.tokens[a:b], self.m)
+            if self.job.n > 1:
+                data["sample"] = i
+            out.append(("token", data))
+        return out
+
+    def _done(self, i: int, p: Progress, gen: Generation) -> dict:
+        m, spec = self.m, self.job.spec
+        full = np.concatenate([spec.prefix, np.asarray(p.tokens, dtype=m.token_dtype)])
+        out = {
+            "model": m.name,
+            "backend": self.job.backend,
+            "tokens": list(p.tokens),
+            "logprob": math.fsum(p.logprobs),
+            "num_tokens": len(p.tokens),
+            "prefix_len": len(spec.prefix),
+            "finish_reason": p.finish_reason,
+            "seed": derived_seed(spec.seed, i),
+            "timings": gen.timings(),
+            **codecs.render(full, p.tokens, m),
+        }
+        if self.job.n > 1:
+            out["sample"] = i
+        return out
 
 
-def done_event(job: SampleJob, gen: Generation) -> dict:
-    m = job.model.manifest
-    full = np.concatenate([job.spec.prefix, np.asarray(gen.tokens, dtype=m.token_dtype)])
-    return {
-        "model": m.name,
-        "backend": job.backend,
-        "tokens": gen.tokens,
-        "logprob": math.fsum(gen.logprobs),
-        "num_tokens": len(gen.tokens),
-        "prefix_len": len(job.spec.prefix),
-        "finish_reason": "complete" if len(full) == m.length else "length",
-        "seed": job.spec.seed,
-        "timings": gen.timings(),
-        **codecs.render(full, gen.tokens, m),
-    }
-
-
-async def events(job: SampleJob, stream: Stream, settings: Settings) -> AsyncIterator[bytes]:
-    """The SSE body of GET /sample: token events of `chunk` tokens, then done (or error).
+async def events(job: SampleJob, samples: Samples, settings: Settings) -> AsyncIterator[bytes]:
+    """The SSE body of GET /sample: token events of `chunk` tokens, then done (one per sample), or error.
 
     Whatever the worker has already delivered is written out together, as several events in one send: the
     events are the same as one at a time, but a fast model does not pay a socket write per token."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.stream_timeout_s
-    pending: list[tuple] = []
+    reader = Reader(job, samples)
     try:
         while True:
             try:
-                items = stream.drain() or [
-                    await asyncio.wait_for(stream.get(), min(settings.keepalive_s, deadline - loop.time()))]
+                items = samples.drain() or [
+                    await asyncio.wait_for(samples.get(), min(settings.keepalive_s, deadline - loop.time()))]
             except TimeoutError:
                 if loop.time() < deadline:
                     yield sse.comment("keep-alive")
                     continue
                 limit = f"ARSERVE_STREAM_TIMEOUT_S={settings.stream_timeout_s:g}s"
-                items = [("error", "timeout", f"the stream ran past {limit}")]
+                items = [(0, ("error", "timeout", f"the stream ran past {limit}"))]
             out = []
-            for item in items:
-                if item[0] == "token":
-                    pending.append(item[1:])
-                    if len(pending) < job.chunk:
-                        continue
-                if pending:
-                    out.append(sse.event("token", token_event(job, pending)))
-                    pending = []
-                if item[0] == "done":
-                    out.append(sse.event("done", done_event(job, item[1])))
-                elif item[0] == "error":
-                    out.append(sse.event("error", {"error": {"code": item[1], "message": item[2]}}))
-                else:
-                    continue
-                yield b"".join(out)
-                return
+            for i, item in items:
+                for name, data in reader.read(i, item):
+                    out.append(sse.event(name, data))
+                    if name == "error":
+                        yield b"".join(out)
+                        return
             if out:
                 yield b"".join(out)
+            if reader.finished:
+                return
     finally:
-        stream.cancel()  # the client went away, or we are done: the worker drops the generation
+        await close(samples)  # the client went away, or we are done: the worker drops the generations
 
 
-async def sample_once(job: SampleJob, stream: Stream, settings: Settings) -> dict:
-    """POST /sample: run the whole generation, answer the done object."""
+async def sample_once(job: SampleJob, samples: Samples, settings: Settings) -> dict:
+    """POST /sample: run the whole generation, answer the done object ({"samples": [...]} for n > 1)."""
+    reader = Reader(job, samples)
     try:
         async with asyncio.timeout(settings.request_timeout_s):
-            while True:
-                item = await stream.get()
-                if item[0] == "done":
-                    return done_event(job, item[1])
+            while not reader.finished:
+                i, item = await samples.get()
                 if item[0] == "error":
                     raise APIError(503 if item[1] == "shutting_down" else 500, item[1], item[2])
+                reader.read(i, item)
     except TimeoutError:
         raise _timeout(settings) from None
     finally:
-        stream.cancel()
+        await close(samples)
+    if job.n == 1:
+        return reader.done[0]
+    return {"model": job.model.name, "samples": reader.done}

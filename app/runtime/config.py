@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     max_batch: int = Field(64, ge=1)  # inputs per POST /logprob
     max_length: int = Field(65536, ge=1)  # tokens one input may hold, or one sample may generate
     max_concurrent_streams: int = Field(32, ge=1)  # GET and POST /sample running at once; more get 429
+    max_n: int = Field(16, ge=1)  # samples one request may ask for (`n`, native and OpenAI); each takes a stream slot
     max_chunk: int = Field(256, ge=1)  # largest `chunk` (tokens per SSE event) a client may ask for
     request_timeout_s: float = Field(60.0, gt=0)  # POST /logprob and POST /sample: longest wait for the model
     stream_timeout_s: float = Field(600.0, gt=0)  # GET /sample: longest a stream may run before an error event
