@@ -7,8 +7,9 @@
         for event in client.sample("char-rnn-shakespeare", prompt="ROMEO:", max_len=200, seed=0):
             print(event.data.get("text", ""), end="", flush=True)
 
-`sample()` yields the stream's `token` events and finally its `done` event; an `error` event, or an HTTP
-error before the stream starts, raises ArserveError.
+`sample()` yields the stream's `token` events and finally its `done` event; an `error` event, an HTTP
+error before the stream starts, or a stream cut before its `done` event (code `stream_cut`) raises
+ArserveError.
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ def _query(model: str, params: dict[str, Any]) -> dict[str, Any]:
     return q
 
 
+def _cut(error: Exception | None = None) -> ArserveError:
+    """A stream that ended without its done event: the server (or its replica) went away mid-sample."""
+    why = f" ({type(error).__name__}: {error})" if error else ""
+    return ArserveError(502, "stream_cut", f"the stream ended before its done event{why}; the sample is "
+                                           "incomplete: retry it (the same seed gives the same sample)")
+
+
 def _event(sse) -> Event:
     data = sse.json()
     if sse.event == "error":
@@ -91,11 +99,15 @@ class ArserveClient:
             if source.response.status_code >= 400:
                 source.response.read()
                 raise _error(source.response)
-            for sse in source.iter_sse():
-                event = _event(sse)
-                yield event
-                if event.event == "done":
-                    return
+            try:
+                for sse in source.iter_sse():
+                    event = _event(sse)
+                    yield event
+                    if event.event == "done":
+                        return
+            except httpx.TransportError as e:
+                raise _cut(e) from e
+            raise _cut()
 
     def generate(self, model: str, **params: Any) -> dict:
         """POST /sample: the whole sample as the done object."""
@@ -129,11 +141,15 @@ class AsyncArserveClient:
             if source.response.status_code >= 400:
                 await source.response.aread()
                 raise _error(source.response)
-            async for sse in source.aiter_sse():
-                event = _event(sse)
-                yield event
-                if event.event == "done":
-                    return
+            try:
+                async for sse in source.aiter_sse():
+                    event = _event(sse)
+                    yield event
+                    if event.event == "done":
+                        return
+            except httpx.TransportError as e:
+                raise _cut(e) from e
+            raise _cut()
 
     async def generate(self, model: str, **params: Any) -> dict:
         return _check(await self.http.post("/sample", json={"model": model, **params}))
