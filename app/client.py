@@ -8,9 +8,10 @@
             print(event.data.get("text", ""), end="", flush=True)
 
 `sample()` yields the stream's `token` events and finally its `done` event (one per sample with n > 1, each
-event's data then carrying its "sample" index); an `error` event, or an HTTP error before the stream starts,
-raises ArserveError. Sampling controls: temperature, top_k, top_p, min_p, n, seed, stop (a list of strings, text
-models), max_len, prefix or prompt, chunk.
+event's data then carrying its "sample" index); an `error` event, an HTTP error before the stream starts, or a
+stream cut before its last `done` event (code `stream_cut`) raises ArserveError. Sampling controls:
+temperature, top_k, top_p, min_p, n, seed, stop (a list of strings, text models), max_len, prefix or prompt,
+chunk.
 """
 
 from __future__ import annotations
@@ -56,6 +57,13 @@ def _query(model: str, params: dict[str, Any]) -> dict[str, Any]:
     return q
 
 
+def _cut(error: Exception | None = None) -> ArserveError:
+    """A stream that ended without its done event: the server (or its replica) went away mid-sample."""
+    why = f" ({type(error).__name__}: {error})" if error else ""
+    return ArserveError(502, "stream_cut", f"the stream ended before its done event{why}; the sample is "
+                                           "incomplete: retry it (the same seed gives the same sample)")
+
+
 def _event(sse) -> Event:
     data = sse.json()
     if sse.event == "error":
@@ -95,12 +103,16 @@ class ArserveClient:
             if source.response.status_code >= 400:
                 source.response.read()
                 raise _error(source.response)
-            for sse in source.iter_sse():
-                event = _event(sse)
-                yield event
-                left -= event.event == "done"
-                if not left:
-                    return
+            try:
+                for sse in source.iter_sse():
+                    event = _event(sse)
+                    yield event
+                    left -= event.event == "done"
+                    if not left:
+                        return
+            except httpx.TransportError as e:
+                raise _cut(e) from e
+            raise _cut()
 
     def generate(self, model: str, **params: Any) -> dict:
         """POST /sample: the whole sample as the done object ({"model", "samples": [done, ...]} for n > 1)."""
@@ -135,12 +147,16 @@ class AsyncArserveClient:
             if source.response.status_code >= 400:
                 await source.response.aread()
                 raise _error(source.response)
-            async for sse in source.aiter_sse():
-                event = _event(sse)
-                yield event
-                left -= event.event == "done"
-                if not left:
-                    return
+            try:
+                async for sse in source.aiter_sse():
+                    event = _event(sse)
+                    yield event
+                    left -= event.event == "done"
+                    if not left:
+                        return
+            except httpx.TransportError as e:
+                raise _cut(e) from e
+            raise _cut()
 
     async def generate(self, model: str, **params: Any) -> dict:
         return _check(await self.http.post("/sample", json={"model": model, **params}))
