@@ -4,6 +4,7 @@
 
     with ArserveClient("http://localhost:8000") as client:
         client.logprob("nade-mnist", [[0, 1, ...]])["results"][0]["logprob"]
+        client.logprob_array("nade-mnist", images)  # a numpy [B, 784] (or [B, 28, 28]) array, sent packed
         for event in client.sample("char-rnn-shakespeare", prompt="ROMEO:", max_len=200, seed=0):
             print(event.data.get("text", ""), end="", flush=True)
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import numpy as np
 from httpx_sse import aconnect_sse, connect_sse
 
 
@@ -54,6 +56,29 @@ def _query(model: str, params: dict[str, Any]) -> dict[str, Any]:
     return q
 
 
+def _packed(model: str, array, per_position: bool, prefix_len: int, backend: str | None) -> tuple[dict, bytes]:
+    """An array of inputs -> POST /logprob's query and packed body (docs/scoring.md): [B, T] row-major,
+    little-endian, in the smallest of uint8 / int32 / int64 that holds integer tokens; float32 for real values."""
+    a = np.asarray(array)
+    a = a.reshape(1, -1) if a.ndim == 1 else a.reshape(len(a), -1)  # one input, or images [B, H, W] -> [B, H*W]
+    if a.dtype.kind == "f":
+        dtype = "float32"
+    elif a.dtype.kind in "biu":
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        dtype = "uint8" if 0 <= lo and hi < 256 else "int32" if -(2**31) <= lo and hi < 2**31 else "int64"
+    else:
+        raise TypeError(f"logprob_array takes a numeric array, got dtype {a.dtype}")
+    wire = {"uint8": "<u1", "int32": "<i4", "int64": "<i8", "float32": "<f4"}[dtype]
+    query = {"model": model, "shape": f"{a.shape[0]},{a.shape[1]}", "dtype": dtype,
+             "per_position": str(per_position).lower(), "prefix_len": prefix_len}
+    if backend is not None:
+        query["backend"] = backend
+    return query, np.ascontiguousarray(a, dtype=wire).tobytes()
+
+
+PACKED = {"content-type": "application/octet-stream"}
+
+
 def _event(sse) -> Event:
     data = sse.json()
     if sse.event == "error":
@@ -83,6 +108,13 @@ class ArserveClient:
         body = {"model": model, "inputs": inputs, "per_position": per_position, "prefix_len": prefix_len,
                 "backend": backend}
         return _check(self.http.post("/logprob", json=body))
+
+    def logprob_array(self, model: str, array, per_position: bool = False, prefix_len: int = 0,
+                      backend: str | None = None) -> dict:
+        """POST /logprob with the inputs as one packed array (a numpy [B, T] array, [T], or images [B, H, W]):
+        no JSON to build or parse for big batches. Answers as logprob()."""
+        query, body = _packed(model, array, per_position, prefix_len, backend)
+        return _check(self.http.post("/logprob", params=query, content=body, headers=PACKED))
 
     def sample(self, model: str, **params: Any) -> Iterator[Event]:
         """Stream GET /sample: yields token events, then the done event. Params as in the API (seed,
@@ -123,6 +155,11 @@ class AsyncArserveClient:
         body = {"model": model, "inputs": inputs, "per_position": per_position, "prefix_len": prefix_len,
                 "backend": backend}
         return _check(await self.http.post("/logprob", json=body))
+
+    async def logprob_array(self, model: str, array, per_position: bool = False, prefix_len: int = 0,
+                            backend: str | None = None) -> dict:
+        query, body = _packed(model, array, per_position, prefix_len, backend)
+        return _check(await self.http.post("/logprob", params=query, content=body, headers=PACKED))
 
     async def sample(self, model: str, **params: Any) -> AsyncIterator[Event]:
         async with aconnect_sse(self.http, "GET", "/sample", params=_query(model, params)) as source:

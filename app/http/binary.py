@@ -9,7 +9,7 @@ declares, never further.
 from __future__ import annotations
 
 from fastapi.routing import APIRoute
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.routing import Match
 from starlette.types import Scope
 
@@ -50,10 +50,14 @@ async def read_body(request: Request, expected: int, described: str) -> bytearra
     if declared is not None and declared.isdigit() and int(declared) != expected:
         raise invalid("body", f"Content-Length is {declared} bytes; {described} takes {expected}")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > expected:
-            raise invalid("body", f"more than the {expected} bytes that {described} takes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > expected:
+                raise invalid("body", f"more than the {expected} bytes that {described} takes")
+    except ClientDisconnect:  # the upload ended early (a client that half-closed may still read this answer)
+        raise invalid("body", f"the body ended after {len(body)} of the {expected} bytes that {described} "
+                              f"takes") from None
     if len(body) != expected:
         raise invalid("body", f"{len(body)} bytes, but {described} takes {expected} (truncated?)")
     return body
