@@ -26,11 +26,11 @@ from app.runtime.metrics import Metrics
 router = APIRouter()
 
 
-def _registry(request: Request) -> Registry:
+async def _registry(request: Request) -> Registry:  # async: a sync dependency costs a thread-pool round trip
     return request.app.state.registry
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
