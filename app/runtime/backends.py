@@ -21,9 +21,10 @@ log = logging.getLogger("arserve")
 
 FILES: dict[str, tuple[str, ...]] = {"onnx": ("score.onnx", "step.onnx"), "torchscript": ("model.pt",)}
 # A log_prob call over at least this many positions hands ONNX Runtime's arena back to the OS when it ends.
-# Measured on wavenet-fsdd, 20,000 samples a row (docs/scoring.md): the arena kept 213 MB after 1 row and 427 MB
-# after 2 (it grows by powers of two and keeps its peak); with the arena off, malloc still kept 154 / 279 MB;
-# with shrinkage 4 / 9 MB, at the same speed. Small calls keep their arena warm (shrinking costs MADE ~5-30 %).
+# Measured on wavenet-fsdd, 20,000 samples a row (python -m bench.arena): the arena kept 214 MB after 1 row and
+# 428 MB after 2 (it grows by powers of two and keeps its peak); with the arena off, malloc still kept 113-279 MB;
+# with shrinkage 5 / 10 MB, at the same speed. Small calls keep their arena warm (shrinking after every call
+# cost MADE 8-36 %).
 SHRINK_ARENA_POSITIONS = 16384
 
 
