@@ -4,6 +4,7 @@
 
     with ArserveClient("http://localhost:8000") as client:
         client.logprob("nade-mnist", [[0, 1, ...]])["results"][0]["logprob"]
+        client.logprob_array("nade-mnist", images)  # a numpy [B, 784] (or [B, 28, 28]) array, sent packed
         for event in client.sample("char-rnn-shakespeare", prompt="ROMEO:", max_len=200, seed=0):
             print(event.data.get("text", ""), end="", flush=True)
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import numpy as np
 from httpx_sse import aconnect_sse, connect_sse
 
 
@@ -62,6 +64,27 @@ def _cut(error: Exception | None = None) -> ArserveError:
     why = f" ({type(error).__name__}: {error})" if error else ""
     return ArserveError(502, "stream_cut", f"the stream ended before its done event{why}; the sample is "
                                            "incomplete: retry it (the same seed gives the same sample)")
+def _packed(model: str, array, per_position: bool, prefix_len: int, backend: str | None) -> tuple[dict, bytes]:
+    """An array of inputs -> POST /logprob's query and packed body (docs/scoring.md): [B, T] row-major,
+    little-endian, in the smallest of uint8 / int32 / int64 that holds integer tokens; float32 for real values."""
+    a = np.asarray(array)
+    a = a.reshape(1, -1) if a.ndim == 1 else a.reshape(len(a), -1)  # one input, or images [B, H, W] -> [B, H*W]
+    if a.dtype.kind == "f":
+        dtype = "float32"
+    elif a.dtype.kind in "biu":
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        dtype = "uint8" if 0 <= lo and hi < 256 else "int32" if -(2**31) <= lo and hi < 2**31 else "int64"
+    else:
+        raise TypeError(f"logprob_array takes a numeric array, got dtype {a.dtype}")
+    wire = {"uint8": "<u1", "int32": "<i4", "int64": "<i8", "float32": "<f4"}[dtype]
+    query = {"model": model, "shape": f"{a.shape[0]},{a.shape[1]}", "dtype": dtype,
+             "per_position": str(per_position).lower(), "prefix_len": prefix_len}
+    if backend is not None:
+        query["backend"] = backend
+    return query, np.ascontiguousarray(a, dtype=wire).tobytes()
+
+
+PACKED = {"content-type": "application/octet-stream"}
 
 
 def _event(sse) -> Event:
@@ -93,6 +116,13 @@ class ArserveClient:
         body = {"model": model, "inputs": inputs, "per_position": per_position, "prefix_len": prefix_len,
                 "backend": backend}
         return _check(self.http.post("/logprob", json=body))
+
+    def logprob_array(self, model: str, array, per_position: bool = False, prefix_len: int = 0,
+                      backend: str | None = None) -> dict:
+        """POST /logprob with the inputs as one packed array (a numpy [B, T] array, [T], or images [B, H, W]):
+        no JSON to build or parse for big batches. Answers as logprob()."""
+        query, body = _packed(model, array, per_position, prefix_len, backend)
+        return _check(self.http.post("/logprob", params=query, content=body, headers=PACKED))
 
     def sample(self, model: str, **params: Any) -> Iterator[Event]:
         """Stream GET /sample: yields token events, then the done event (n of them for n samples). Params as in
@@ -140,6 +170,11 @@ class AsyncArserveClient:
         body = {"model": model, "inputs": inputs, "per_position": per_position, "prefix_len": prefix_len,
                 "backend": backend}
         return _check(await self.http.post("/logprob", json=body))
+
+    async def logprob_array(self, model: str, array, per_position: bool = False, prefix_len: int = 0,
+                            backend: str | None = None) -> dict:
+        query, body = _packed(model, array, per_position, prefix_len, backend)
+        return _check(await self.http.post("/logprob", params=query, content=body, headers=PACKED))
 
     async def sample(self, model: str, **params: Any) -> AsyncIterator[Event]:
         left = params.get("n") or 1

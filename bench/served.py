@@ -2,10 +2,10 @@
 
     python -m bench.served --exported exported/ [--quick]
 
-Both sides run app.runtime.backends' OnnxBackend and app.engine.generation's `score` / `Generation` + `Batch`,
-exactly as the server's worker thread does, so the gap is HTTP + JSON + SSE + the hand-off to the worker thread. The
-HTTP side is a real `uvicorn` process (one for the whole run) read through app.client (httpx, httpx-sse),
-so client-side parsing counts too: that is what a caller sees.
+Both sides run app.runtime.backends' OnnxBackend, app.engine.scoring's `score` and app.engine.generation's
+`Generation` + `Batch`, exactly as the server's threads do, so the gap is HTTP + JSON + SSE + the hand-off to the
+model's threads. The HTTP side is a real `uvicorn` process (one for the whole run) read through app.client (httpx,
+httpx-sse), so client-side parsing counts too: that is what a caller sees.
 
 - served: POST /logprob examples/s on a batch of 16, GET /sample tokens/s and time to first token at
   batch 1 and chunk=1, each next to its in-process figure, and the overhead 1 - http/in-process in %.
@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from app.client import ArserveClient, AsyncArserveClient
-from app.engine.generation import Batch, Generation, SampleSpec, score
+from app.engine.generation import Batch, Generation, SampleSpec
+from app.engine.scoring import score
 from app.runtime import backends
 from app.runtime.backends import Backend
 from app.runtime.manifest import Manifest, load_manifest

@@ -194,3 +194,42 @@ def render(full: np.ndarray, generated: list, m: Manifest) -> dict[str, str]:
     if m.modality == "audio":
         return {"wav": wav_data_url(full, m)}
     return {}
+
+
+# ----- packed arrays: POST /logprob with an application/octet-stream body (docs/scoring.md) ---------------
+
+ARRAY_DTYPES = {"uint8": "<u1", "int32": "<i4", "int64": "<i8", "float32": "<f4"}  # name -> little-endian
+
+
+def check_array(rows: int, length: int, dtype: str, m: Manifest) -> int:
+    """A packed array's declared shape and dtype against the model, before its bytes are read: their count."""
+    if rows < 1 or length < 1:
+        raise invalid("shape", f"({rows}, {length}): send at least one row of at least one token")
+    if (m.token_dtype == "float32") != (dtype == "float32"):
+        ints = "integer tokens: send uint8, int32 or int64"
+        takes = "continuous values: send float32" if m.token_dtype == "float32" else ints
+        raise invalid("dtype", f"{dtype} does not fit {m.name}, which takes {takes}")
+    if not m.variable_length and length != m.length:
+        raise invalid("shape", f"{m.family} model {m.name} needs rows of exactly {m.length} values {_shape(m)}, "
+                               f"got {length}")
+    if length > m.length:
+        raise invalid("shape", f"rows of {length} tokens exceed the model's length {m.length}")
+    return rows * length * np.dtype(ARRAY_DTYPES[dtype]).itemsize
+
+
+def parse_array(body: bytes | bytearray, rows: int, length: int, dtype: str, m: Manifest) -> np.ndarray:
+    """The bytes of a checked packed array -> [rows, length] tokens (int64, or float32), naming the first bad one."""
+    arr = np.frombuffer(body, dtype=ARRAY_DTYPES[dtype]).reshape(rows, length)  # (B, T), read-only view
+    if m.token_dtype == "float32":
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            r, t = np.unravel_index(int(bad.argmax()), bad.shape)
+            raise invalid(f"inputs[{r}][{t}]", f"value {float(arr[r, t])} is not a finite float32")
+        return arr.astype(np.float32)  # a writable copy
+    bad = arr >= m.vocab_size
+    if dtype != "uint8":
+        bad |= arr < 0
+    if bad.any():
+        r, t = np.unravel_index(int(bad.argmax()), bad.shape)
+        raise invalid(f"inputs[{r}][{t}]", f"token {int(arr[r, t])} is outside the vocabulary [0, {m.vocab_size})")
+    return arr.astype(np.int64)

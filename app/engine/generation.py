@@ -1,4 +1,4 @@
-"""The generation loop and scoring, written against the Backend protocol. Knows nothing of HTTP or text.
+"""The generation loop, written against the Backend protocol. Knows nothing of HTTP or text.
 
 Generation is prefill -> step -> sample -> stop: a request's prefix tokens are fed through `step` like any
 other token (forced instead of drawn), then every position is drawn with app.engine.sampling from the request's
@@ -9,7 +9,6 @@ is batched (or chunked into events) never changes a sample.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -180,35 +179,3 @@ class Batch:
         for r, g in enumerate(self.gens):
             g.state = [s[r : r + 1] for s in self.state]
 
-
-@dataclass(frozen=True)
-class Score:
-    logprob: float | None  # total over the scored positions, nats (None if it underflowed to -inf)
-    bits_per_dim: float | None
-    num_positions: int
-    per_position: list[float | None] | None  # None unless asked for
-
-
-def score(backend: Backend, xs: list[np.ndarray], prefix_len: int, per_position: bool = False) -> list[Score]:
-    """log p(x_>=k | x_<k) of each input, in one batched `log_prob` call (and each position's, if asked: a
-    Python list per input costs more than a cheap model's whole pass)."""
-    # Inputs of different lengths are right-padded to the longest: position i never depends on x_>=i,
-    # so the padding cannot change the log-probs of the real positions, which are all we read.
-    T = max(len(x) for x in xs)
-    batch = np.zeros((len(xs), T), dtype=xs[0].dtype)  # (B, T)
-    for i, x in enumerate(xs):
-        batch[i, : len(x)] = x
-    lp = np.asarray(backend.log_prob(batch), dtype=np.float64)  # (B, T)
-    return [_score(lp[i, prefix_len : len(x)], per_position) for i, x in enumerate(xs)]
-
-
-def _score(lp: np.ndarray, per_position: bool) -> Score:
-    total = float(lp.sum())
-    n = len(lp)
-    finite = math.isfinite(total)
-    return Score(
-        logprob=total if finite else None,
-        bits_per_dim=-total / (n * math.log(2)) if finite else None,
-        num_positions=n,
-        per_position=[v if math.isfinite(v) else None for v in lp.tolist()] if per_position else None,
-    )

@@ -1,8 +1,9 @@
-"""The loaded models: every folder under ARSERVE_MODEL_DIR, verified, each with its own worker thread.
+"""The loaded models: every folder under ARSERVE_MODEL_DIR, verified, each with its own worker thread for
+streams (app/engine/worker.py) and its own scoring thread for POST /logprob (app/engine/scoring.py).
 
 A folder that cannot be trusted (no manifest, invalid manifest, sha256 mismatch, a backend that fails to
 load) is logged and skipped; the others are served. Each model's configured backend is loaded at startup;
-the other one on the first request that asks for it, on the model's worker thread.
+the other one on the first request that asks for it, on the thread that serves it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from app.engine.errors import invalid, model_not_found, unavailable
+from app.engine.scoring import Scorer
 from app.engine.worker import ModelWorker
 from app.runtime import backends
 from app.runtime.backends import Backend
@@ -36,6 +38,7 @@ class ServedModel:
         self._lock = threading.Lock()
         self.backend(self.default_backend)  # fail at startup, not on the first request
         self.worker = ModelWorker(self.name, self.backend, metrics, settings.max_batch)
+        self.scorer = Scorer(self.name, self.backend, manifest, settings, metrics, self.default_backend)
         metrics.add_model(self.name)
 
     def backend(self, name: str) -> Backend:
@@ -103,6 +106,7 @@ class Registry:
                 self.skipped[folder.name] = str(e)
         for model in models.values():
             model.worker.start()
+            model.scorer.start()
         self.models = models  # published whole: requests never see a half-loaded registry
         self.loaded = True
         log.info("serving %d model(s): %s", len(self.models), sorted(self.models))
@@ -131,3 +135,5 @@ class Registry:
         for model in self.models.values():
             if model.worker.thread.is_alive():
                 model.worker.stop()
+            if model.scorer.thread.is_alive():
+                model.scorer.stop()

@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse
 
 from app.engine import codecs
 from app.engine.errors import invalid, too_large
-from app.engine.generation import SampleSpec, score
+from app.engine.generation import SampleSpec
 from app.engine.registry import Registry, ServedModel
 from app.http import service
 from app.http.errors import APIError
@@ -223,9 +223,8 @@ class Completion:
         if not (self.req.echo and self.k is not None and scored):
             return
         xs = [self.prompts[i] for i in scored]
-        try:
-            scores = await self.model.worker.call(lambda b: score(b, xs, 0, per_position=True), self.backend,
-                                                  settings.request_timeout_s)
+        try:  # the scoring worker POST /logprob uses: the same numbers, batched with its requests
+            scores = await self.model.scorer.score(self.backend, xs, 0, True, settings.request_timeout_s)
         except TimeoutError:
             raise service._timeout(settings) from None
         for i, s in zip(scored, scores, strict=True):

@@ -9,8 +9,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.engine.registry import Registry, ServedModel
-from app.http import service
+from app.http import binary, service
 from app.http.schemas import (
+    LogprobArrayParams,
     LogprobRequest,
     LogprobResponse,
     ModelsResponse,
@@ -26,11 +27,11 @@ from app.runtime.metrics import Metrics
 router = APIRouter()
 
 
-def _registry(request: Request) -> Registry:
+async def _registry(request: Request) -> Registry:  # async: a sync dependency costs a thread-pool round trip
     return request.app.state.registry
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -70,7 +71,21 @@ async def list_models(registry: RegistryDep) -> dict:
     return {"models": [m.summary() for _, m in sorted(registry.models.items())]}
 
 
-@router.post("/logprob", response_model=LogprobResponse, response_model_exclude_unset=True)
+async def logprob_array(params: Annotated[LogprobArrayParams, Query()], request: Request, registry: RegistryDep,
+                        settings: SettingsDep) -> JSONResponse:
+    """POST /logprob with a packed array body (app/http/binary.py); registered before the JSON route."""
+    model = _model(request, registry, params.model)
+    nbytes = service.check_array(params, model, settings)
+    body = await binary.read_body(request, nbytes, f"shape ({params.shape}) of {params.dtype}")
+    return JSONResponse(await service.logprob_array(params, body, model, settings))
+
+
+router.add_api_route("/logprob", logprob_array, methods=["POST"], include_in_schema=False,
+                     route_class_override=binary.OctetStreamRoute)
+
+
+@router.post("/logprob", response_model=LogprobResponse, response_model_exclude_unset=True,
+             openapi_extra=binary.OPENAPI)
 async def logprob(req: LogprobRequest, request: Request, registry: RegistryDep, settings: SettingsDep) -> dict:
     return await service.logprob(req, _model(request, registry, req.model), settings)
 

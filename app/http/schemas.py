@@ -26,6 +26,21 @@ class LogprobRequest(_Request):
     backend: BackendName | None = None
 
 
+class LogprobArrayParams(_Request):
+    """POST /logprob's query when the body is a packed array (application/octet-stream, docs/scoring.md)."""
+
+    model: str = Field(min_length=1, max_length=64)
+    shape: str = Field(pattern=r"^\s*\d{1,12}\s*,\s*\d{1,12}\s*$", description="rows,length of the array, e.g. 16,784")
+    dtype: Literal["uint8", "int32", "int64", "float32"] = Field(description="little-endian element type")
+    per_position: bool = False
+    prefix_len: int = Field(0, ge=0, description="score only the continuation x_>=prefix_len")
+    backend: BackendName | None = None
+
+    def dims(self) -> tuple[int, int]:
+        rows, length = (int(d) for d in self.shape.split(","))
+        return rows, length
+
+
 class SampleParams(_Request):
     """GET /sample's query parameters; POST /sample takes the same as JSON."""
 

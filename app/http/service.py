@@ -13,14 +13,15 @@ import numpy as np
 
 from app.engine import codecs
 from app.engine.errors import EngineError, busy, invalid, too_large, unavailable
-from app.engine.generation import Generation, SampleSpec, score
+from app.engine.generation import Generation, SampleSpec
 from app.engine.registry import ServedModel
+from app.engine.scoring import Score
 from app.engine.worker import Stream
 from app.http import sse
 from app.http.errors import APIError
 from app.http.samples import Progress, Samples, close, derived_seed
-from app.http.schemas import LogprobRequest, SampleParams
-from app.runtime.config import Settings
+from app.http.schemas import LogprobArrayParams, LogprobRequest, SampleParams
+from app.runtime.config import BackendName, Settings
 from app.runtime.metrics import Metrics
 
 # ----- POST /logprob ----------------------------------------------------------------------------------
@@ -30,6 +31,8 @@ def parse_inputs(req: LogprobRequest, model: ServedModel, settings: Settings) ->
     if len(req.inputs) > settings.max_batch:
         raise too_large("inputs", f"{len(req.inputs)} inputs exceed the server's limit ARSERVE_MAX_BATCH="
                                   f"{settings.max_batch}")
+    # The work budget before parsing anything (exact for flat lists and strings), and again once parsed.
+    check_budget(len(req.inputs), sum(len(raw) for raw in req.inputs if isinstance(raw, list | str)), model, settings)
     xs = []
     for i, raw in enumerate(req.inputs):
         field = f"inputs[{i}]"
@@ -41,6 +44,7 @@ def parse_inputs(req: LogprobRequest, model: ServedModel, settings: Settings) ->
         if req.prefix_len >= len(x):
             raise invalid("prefix_len", f"{req.prefix_len} leaves nothing to score in {field} ({len(x)} tokens)")
         xs.append(x)
+    check_budget(len(xs), sum(len(x) for x in xs), model, settings)
     return xs
 
 
@@ -48,21 +52,58 @@ def _over_length(field: str, n: int, settings: Settings):
     raise too_large(field, f"{n} tokens exceed the server's limit ARSERVE_MAX_LENGTH={settings.max_length}")
 
 
+def check_budget(inputs: int, positions: int, model: ServedModel, settings: Settings, field: str = "inputs") -> None:
+    """The work budget of one request: positions scored (inputs x tokens), per model."""
+    limit = settings.scored_positions_for(model.name)
+    if positions > limit:
+        setting = (f'ARSERVE_MODEL_MAX_SCORED_POSITIONS["{model.name}"]' if model.name in
+                   settings.model_max_scored_positions else "ARSERVE_MAX_SCORED_POSITIONS")
+        raise too_large(field, f"{inputs} inputs hold {positions} tokens in all, over the work budget of "
+                                  f"{limit} scored positions per request for {model.name} ({setting}={limit}); "
+                                  f"split them into several requests")
+
+
 async def logprob(req: LogprobRequest, model: ServedModel, settings: Settings) -> dict:
     backend = model.pick_backend(req.backend)
     xs = parse_inputs(req, model, settings)
+    return await _score(model, backend, xs, req.prefix_len, req.per_position, settings)
+
+
+def check_array(p: LogprobArrayParams, model: ServedModel, settings: Settings) -> int:
+    """A packed array's query against the limits and the model, before its body is read: the bytes it needs."""
+    model.pick_backend(p.backend)
+    rows, length = p.dims()
+    if rows > settings.max_batch:
+        raise too_large("shape", f"{rows} rows exceed the server's limit ARSERVE_MAX_BATCH={settings.max_batch}")
+    if length > settings.max_length:
+        _over_length("shape", length, settings)
+    check_budget(rows, rows * length, model, settings, "shape")
+    nbytes = codecs.check_array(rows, length, p.dtype, model.manifest)
+    if p.prefix_len >= length:
+        raise invalid("prefix_len", f"{p.prefix_len} leaves nothing to score in rows of {length} tokens")
+    return nbytes
+
+
+async def logprob_array(p: LogprobArrayParams, body: bytes, model: ServedModel, settings: Settings) -> dict:
+    """POST /logprob with a packed array whose query passed check_array and whose body has the right size."""
+    x = codecs.parse_array(body, *p.dims(), p.dtype, model.manifest)  # (B, T)
+    return await _score(model, model.pick_backend(p.backend), x, p.prefix_len, p.per_position, settings)
+
+
+async def _score(model: ServedModel, backend: BackendName, xs: list[np.ndarray] | np.ndarray, prefix_len: int,
+                 per_position: bool, settings: Settings) -> dict:
     try:
-        scores = await model.worker.call(lambda b: score(b, xs, req.prefix_len, req.per_position), backend,
-                                         settings.request_timeout_s)
+        scores = await model.scorer.score(backend, xs, prefix_len, per_position, settings.request_timeout_s)
     except TimeoutError:
         raise _timeout(settings) from None
-    results = []
-    for s in scores:
-        r = {"logprob": s.logprob, "bits_per_dim": s.bits_per_dim, "num_positions": s.num_positions}
-        if req.per_position:
-            r["per_position"] = s.per_position
-        results.append(r)
-    return {"model": model.name, "backend": backend, "results": results}
+    return {"model": model.name, "backend": backend, "results": [_result(s, per_position) for s in scores]}
+
+
+def _result(s: Score, per_position: bool) -> dict:
+    r = {"logprob": s.logprob, "bits_per_dim": s.bits_per_dim, "num_positions": s.num_positions}
+    if per_position:
+        r["per_position"] = s.per_position
+    return r
 
 
 def _timeout(settings: Settings) -> EngineError:

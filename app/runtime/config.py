@@ -34,9 +34,18 @@ class Settings(BaseSettings):
     ort_intra_op_threads: int = Field(1, ge=0)  # ONNX Runtime threads per session (0 = one per core)
     torch_threads: int = Field(1, ge=1)  # torch.set_num_threads for the TorchScript backend
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # POST /logprob's work budget and batcher (docs/scoring.md)
+    max_scored_positions: int = Field(262144, ge=1)  # inputs x tokens one POST /logprob may score; over it: 413
+    model_max_scored_positions: dict[str, int] = {}  # per-model override, JSON: {"fvsbn-mnist": 1048576}
+    score_chunk_positions: int = Field(32768, ge=1)  # most positions in one log_prob call: bounds its memory
+    score_batch_rows: int = Field(64, ge=1)  # most rows (from any number of requests) merged into one log_prob call
+    score_batch_delay_ms: float = Field(0.0, ge=0, le=1000)  # wait this long for company before scoring a lone request
 
     def backend_for(self, model: str) -> BackendName:
         return self.model_backends.get(model, self.default_backend)
+
+    def scored_positions_for(self, model: str) -> int:
+        return self.model_max_scored_positions.get(model, self.max_scored_positions)
 
 
 @lru_cache

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 
 class Metrics:
@@ -21,10 +21,16 @@ class Metrics:
                                  registry=r)
         self.step_rows = Histogram("arserve_step_batch_rows", "streams advanced together by one batched step",
                                    ["model"], registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.score_rows = Histogram("arserve_score_batch_rows", "rows scored by one log_prob call (POST /logprob)",
+                                    ["model"], registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.score_requests = Histogram("arserve_score_batch_requests", "POST /logprob requests merged into one "
+                                        "log_prob call", ["model"], registry=r, buckets=(1, 2, 4, 8, 16, 32, 64))
+        ProcessCollector(registry=r)  # process_resident_memory_bytes & co: what a big request costs, from outside
 
     def add_model(self, model: str) -> None:
         """Export every per-model series from the start (at 0), not from the first request."""
-        for metric in (self.tokens, self.active_streams, self.queue_depth, self.step_rows):
+        for metric in (self.tokens, self.active_streams, self.queue_depth, self.step_rows, self.score_rows,
+                       self.score_requests):
             metric.labels(model)
 
     def render(self) -> bytes:
