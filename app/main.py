@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from app.engine.registry import Registry
-from app.http import errors
+from app.http import errors, playground
 from app.http.middleware import MetricsMiddleware
 from app.http.routes import router
 from app.http.service import StreamSlots
@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(router)
+    playground.install(app)  # GET / and /playground, files under /static
     return app
 
 
