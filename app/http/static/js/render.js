@@ -102,8 +102,8 @@ export function charSpan(ch, logprob, { heat = false, maxNats = 6 } = {}) {
     span.style.backgroundColor = `rgb(${r}, ${g}, ${b})`;
     span.style.color = surprise / maxNats > 0.55 ? '#111' : '#f4f4f8';
   } else {
-    const t = Math.min(1, surprise / 4.5); // p from ~1 (no tint) to ~0.01 (full tint)
-    span.style.backgroundColor = `rgba(255, 138, 61, ${(0.75 * t).toFixed(3)})`;
+    const t = Math.min(1, surprise / 4.6) ** 1.5; // p from ~1 (no tint) to 0.01 (full tint); likely chars stay quiet
+    span.style.backgroundColor = `rgba(255, 138, 61, ${(0.8 * t).toFixed(3)})`;
   }
   const shown = JSON.stringify(ch).slice(1, -1);
   span.title = `'${shown}'  log p = ${logprob.toFixed(3)}  (p = ${Math.exp(logprob).toPrecision(3)})`;
