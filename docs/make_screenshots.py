@@ -28,7 +28,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--disable-sync", "--no-first-run"]
 MAX_BYTES = 200_000
 SEVEN = [[(7, 6), (20, 6)], [(20, 6), (16, 14), (12, 23)]]
-TOP_OF_A_ZERO = [[(9, 12), (10, 8), (14, 5), (18, 8), (19, 12)]]
+TOP_OF_A_SEVEN = [[(8, 6), (20, 6)], [(20, 6), (17, 13)]]  # through the last kept row
 
 log = logging.getLogger("screenshots")
 
@@ -80,7 +80,8 @@ def shoot(page: Page) -> None:
     generate(page, "wavenet-fsdd", "generate-audio", seed="2", chunk="64")
 
     pick(page, "pixelcnn-mnist", "complete")
-    draw(page, "#cmp-pad", TOP_OF_A_ZERO)
+    page.fill("#cmp-rows", "12")
+    draw(page, "#cmp-pad", TOP_OF_A_SEVEN)
     page.fill("#cmp-count", "6")
     page.click("#cmp-start")
     page.wait_for_selector("#cmp-results[data-state=done]")

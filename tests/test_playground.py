@@ -444,6 +444,20 @@ def test_a_drawn_digit_is_scored_by_every_image_model(page, server):
     assert heat > 10, "the heatmap is flat"
 
 
+def test_a_model_sample_fills_the_pad_and_is_scored(page, server):
+    choose(page, "fvsbn-mnist", "score")
+    page.click("#score-sample")
+    wait_until(page, "!document.getElementById('score-sample').disabled && "
+                     "document.getElementById('score-pad').getContext('2d').getImageData(0, 0, 280, 280).data"
+                     ".some((v, i) => i % 4 === 0 && v > 128)")
+    page.click("#score-run")
+    page.wait_for_selector("#score-output[data-state=done]")
+    pixels = page.locator("#score-pad").evaluate(PAD_BITS)
+    want = httpx.post(f"{server}/logprob", json={"model": "fvsbn-mnist", "inputs": [pixels]},
+                      timeout=60).json()["results"][0]["logprob"]
+    assert page.text_content("#score-nats") == f"{-want:.2f} nats"
+
+
 def test_pasted_text_is_scored_with_a_heatmap(page, server):
     choose(page, "lstm-shakespeare", "score")
     page.fill("#score-text", "Now is the winter of our discontent")

@@ -7,6 +7,21 @@ import { PREFIX_INK, PREFIX_PAPER, PixelCanvas, charSpan, fmt } from './render.j
 
 const $ = (id) => document.getElementById(id);
 
+// Fill a pad with a fresh sample of the chosen image model (a random seed): something real to complete or score.
+export async function sampleInto(app, pad, button) {
+  if (app.model?.modality !== 'binary_image') return;
+  button.disabled = true;
+  try {
+    const seed = Math.floor(Math.random() * 2 ** 31);
+    const done = await streamSample({ model: app.model.name, seed, chunk: 64 }, { onToken: () => {} });
+    pad.set(done.tokens);
+  } catch (err) {
+    app.error(err);
+  } finally {
+    button.disabled = false;
+  }
+}
+
 export function setupComplete(app) {
   const pad = new DrawPad($('cmp-pad'), 28, 28);
   wireToolbar($('cmp-pad').parentElement.querySelector('.toolbar'), pad);
@@ -26,6 +41,7 @@ export function setupComplete(app) {
     $('cmp-temperature-out').textContent = Number($('cmp-temperature').value).toFixed(2);
   });
   $('cmp-clear').addEventListener('click', () => pad.clear());
+  $('cmp-sample').addEventListener('click', (e) => sampleInto(app, pad, e.currentTarget));
   $('cmp-form').addEventListener('submit', (e) => {
     e.preventDefault();
     start();

@@ -2,6 +2,7 @@
 // per-position heatmap of -log p, and under every model of the same modality, ranked by likelihood.
 
 import { logprob } from './api.js';
+import { sampleInto } from './complete.js';
 import { DrawPad, imageFileToPixels, wireToolbar } from './draw.js';
 import { PixelCanvas, charSpan, fmt, legendGradient, paintHeatmap } from './render.js';
 
@@ -18,6 +19,7 @@ export function setupScore(app) {
   let busy = false;
 
   $('score-clear').addEventListener('click', () => pad.clear());
+  $('score-sample').addEventListener('click', (e) => sampleInto(app, pad, e.currentTarget));
   $('score-file').addEventListener('change', async (e) => {
     const file = e.target.files[0];
     if (!file) return;
