@@ -2,10 +2,14 @@
 process serving the shipped models in exported/. Marked `browser` and skipped unless asked for (`-m browser`):
 .ci/run installs chromium and runs this module as its own block. Never `playwright install` (it downloads browsers).
 
-Every test fails on a console error or a page error it did not expect, and on any request the page sends
-anywhere but the server (the page must work offline and inside the container). The page is served with a
-Content-Security-Policy that forbids eval, so the tests poll with page.evaluate (run by the browser's debugger
-protocol, outside the policy) rather than wait_for_function.
+Every test runs twice, against a server with API keys off and one started with ARSERVE_API_KEYS (the page then
+holds the key, as after the user typed it into its dialog); one more test starts with no key and checks that
+a 401 brings up the dialog. Every test fails on a console error or a page error it did not expect, on any
+request the page sends anywhere but the server (the page must work offline and inside the container), and,
+with keys on, on an API request without the key in its Authorization header or with the key in a URL.
+
+The page is served with a Content-Security-Policy that forbids eval, so the tests poll with page.evaluate (run
+by the browser's debugger protocol, outside the policy) rather than wait_for_function.
 """
 
 from __future__ import annotations
@@ -47,12 +51,24 @@ def asked_for(request):
         pytest.skip("browser tests run with -m browser (.ci/run does)")
 
 
-@pytest.fixture(scope="module")
-def server():
+class Server(str):
+    """A running server's base URL; .key is the API key it was started with (None: keys off)."""
+
+    key: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
+
+
+@pytest.fixture(scope="module", params=["keys-off", "keys-on"])
+def server(request):
     from bench.common import serve
 
-    with serve(EXPORTED, threads=1, ARSERVE_MAX_CONCURRENT_STREAMS="16") as url:
-        yield url
+    env = {"ARSERVE_API_KEYS": KEY} if request.param == "keys-on" else {}
+    with serve(EXPORTED, threads=1, ARSERVE_MAX_CONCURRENT_STREAMS="16", **env) as url:
+        s = Server(url)
+        s.key = env.get("ARSERVE_API_KEYS")
+        yield s
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +81,22 @@ def browser():
         b.close()
 
 
-class Watch:
-    """What a page did: console errors, uncaught exceptions, and every URL it requested."""
+API = ("/models", "/sample", "/logprob")
 
-    def __init__(self, page, origin: str):
-        self.origin, self.errors, self.urls, self.allowed = origin, [], [], []
+
+class Watch:
+    """What a page did: console errors, uncaught exceptions, every URL it requested and the key it sent."""
+
+    def __init__(self, page, origin: str, key: str | None = None):
+        self.origin, self.key, self.errors, self.urls, self.allowed, self.keyless = origin, key, [], [], [], []
         page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
         page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
-        page.on("request", lambda r: self.urls.append(r.url))
+        page.on("request", self.request)
+
+    def request(self, r) -> None:
+        self.urls.append(r.url)
+        if self.key and urlparse(r.url).path in API and r.headers.get("authorization") != f"Bearer {self.key}":
+            self.keyless.append(r.url)
 
     def allow(self, pattern: str) -> None:
         self.allowed.append(re.compile(pattern))
@@ -82,6 +106,9 @@ class Watch:
         assert not unexpected, f"console errors: {unexpected}"
         foreign = [u for u in self.urls if not u.startswith(("data:", "blob:")) and _origin(u) != self.origin]
         assert not foreign, f"the page reached beyond its server: {foreign}"
+        if self.key:
+            assert not self.keyless, f"API requests without the key: {self.keyless}"
+            assert not [u for u in self.urls if self.key in u], "the key went into a URL"
 
 
 def _origin(url: str) -> str:
@@ -89,11 +116,14 @@ def _origin(url: str) -> str:
     return f"{u.scheme}://{u.netloc}"
 
 
-def open_page(browser, url: str, width: int = 1280, height: int = 900):
+def open_page(browser, url: str, width: int = 1280, height: int = 900, key: str | None = None):
+    """A fresh browser context; with `key`, the page starts out holding it (as once typed into its dialog)."""
     context = browser.new_context(viewport={"width": width, "height": height})
     page = context.new_page()
     page.set_default_timeout(60_000)
-    return context, page, Watch(page, url)
+    if key:
+        page.add_init_script(f"sessionStorage.setItem('arserve.apiKey', {json.dumps(key)})")
+    return context, page, Watch(page, url, key)
 
 
 # A copy of every GET /sample body the page reads, taken with ReadableStream.tee() so that the page still streams:
@@ -122,7 +152,7 @@ TAP = """(() => {
 
 
 def _page(browser, server, tap: bool):
-    context, page, watch = open_page(browser, server)
+    context, page, watch = open_page(browser, server, key=server.key)
     page.watch = watch
     if tap:
         page.add_init_script(TAP)
@@ -215,8 +245,8 @@ SEVEN = [[(7, 6), (20, 6)], [(20, 6), (16, 14), (12, 23)]]  # a 7, in strokes
 TOP_OF_A_ZERO = [[(9, 12), (10, 8), (14, 5), (18, 8), (19, 12)]]
 
 
-def metric(url: str, name: str, model: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+def metric(server: Server, name: str, model: str) -> float:
+    text = httpx.get(f"{server}/metrics", headers=server.headers(), timeout=10).text
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if s.name == name and s.labels.get("model") == model:
@@ -433,7 +463,8 @@ def test_a_drawn_digit_is_scored_by_every_image_model(page, server):
                                                           float(cell.text_content()))
     assert list(shown) == sorted(shown, key=lambda n: -shown[n][0])  # ranked, most likely first
     for name in image_models:
-        r = httpx.post(f"{server}/logprob", json={"model": name, "inputs": [pixels]}, timeout=60).json()
+        r = httpx.post(f"{server}/logprob", json={"model": name, "inputs": [pixels]}, headers=server.headers(),
+                       timeout=60).json()
         want = r["results"][0]["logprob"]
         assert abs(shown[name][0] - want) <= 1e-6 * max(1, abs(want)), name
         assert abs(shown[name][1] - want) <= 0.005, name
@@ -454,7 +485,7 @@ def test_a_model_sample_fills_the_pad_and_is_scored(page, server):
     page.wait_for_selector("#score-output[data-state=done]")
     pixels = page.locator("#score-pad").evaluate(PAD_BITS)
     want = httpx.post(f"{server}/logprob", json={"model": "fvsbn-mnist", "inputs": [pixels]},
-                      timeout=60).json()["results"][0]["logprob"]
+                      headers=server.headers(), timeout=60).json()["results"][0]["logprob"]
     assert page.text_content("#score-nats") == f"{-want:.2f} nats"
 
 
@@ -467,7 +498,7 @@ def test_pasted_text_is_scored_with_a_heatmap(page, server):
     text_models = [n for n, m in shipped().items() if m["modality"] == "text"]
     assert page.locator("#score-table tbody tr").count() == len(text_models)
     want = httpx.post(f"{server}/logprob", json={"model": "lstm-shakespeare", "inputs": [
-        "Now is the winter of our discontent"]}, timeout=60).json()["results"][0]["logprob"]
+        "Now is the winter of our discontent"]}, headers=server.headers(), timeout=60).json()["results"][0]["logprob"]
     assert page.text_content("#score-nats") == f"{-want:.2f} nats"
 
 
@@ -475,7 +506,7 @@ def test_pasted_text_is_scored_with_a_heatmap(page, server):
 
 
 def test_phone_width_keeps_every_control_reachable(browser, server):
-    context, page, watch = open_page(browser, server, width=390, height=844)
+    context, page, watch = open_page(browser, server, width=390, height=844, key=server.key)
     try:
         page.goto(f"{server}/")
         page.wait_for_selector("body[data-ready]")
