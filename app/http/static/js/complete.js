@@ -6,6 +6,27 @@ import { DrawPad, wireToolbar } from './draw.js';
 import { PREFIX_INK, PREFIX_PAPER, PixelCanvas, charSpan, fmt } from './render.js';
 
 const $ = (id) => document.getElementById(id);
+// Streams open at once: a browser keeps about six connections per server, and the server may cap a client's
+// concurrent streams (ARSERVE_MAX_STREAMS_PER_CLIENT); the rest wait for a turn.
+const PARALLEL = 4;
+
+// run(0..count-1), at most `parallel` at a time; the outcomes in order, as Promise.allSettled gives them.
+async function inTurns(count, parallel, run) {
+  const outcomes = new Array(count);
+  let next = 0;
+  const worker = async () => {
+    while (next < count) {
+      const i = next++;
+      try {
+        outcomes[i] = { status: 'fulfilled', value: await run(i) };
+      } catch (reason) {
+        outcomes[i] = { status: 'rejected', reason };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(parallel, count) }, worker));
+  return outcomes;
+}
 
 // Fill a pad with a fresh sample of the chosen image model (a random seed): something real to complete or score.
 export async function sampleInto(app, pad, button) {
@@ -139,9 +160,7 @@ export function setupComplete(app) {
     $('cmp-start').disabled = true;
     $('cmp-stop').disabled = false;
     results.dataset.state = 'streaming';
-    const outcomes = await Promise.allSettled(
-      Array.from({ length: count }, (_, i) => one(first + i, keep, signal, { ...params })),
-    );
+    const outcomes = await inTurns(count, PARALLEL, (i) => one(first + i, keep, signal, { ...params }));
     const failed = outcomes.find((o) => o.status === 'rejected' && !signal.aborted);
     if (failed) app.error(failed.reason instanceof Error ? failed.reason : new ApiError(0, 'error', String(failed.reason)));
     results.dataset.state = signal.aborted ? 'stopped' : failed ? 'error' : 'done';
