@@ -489,6 +489,21 @@ def test_a_model_sample_fills_the_pad_and_is_scored(page, server):
     assert page.text_content("#score-nats") == f"{-want:.2f} nats"
 
 
+def test_an_uploaded_png_becomes_the_digit(page, tmp_path):
+    from PIL import Image
+
+    image = np.full((56, 56), 255, dtype=np.uint8)  # black ink on white paper, twice the size: inverted, halved
+    image[8:48, 24:32] = 0
+    Image.fromarray(image).save(tmp_path / "one.png")
+    choose(page, "nade-mnist", "score")
+    page.set_input_files("#score-file", str(tmp_path / "one.png"))
+    wait_until(page, "document.getElementById('score-pad').getContext('2d').getImageData(145, 145, 1, 1).data[0] > 128")
+    bits = np.array(page.locator("#score-pad").evaluate(PAD_BITS)).reshape(28, 28)
+    want = np.zeros((28, 28), dtype=int)
+    want[4:24, 12:16] = 1
+    assert (bits == want).all(), bits
+
+
 def test_pasted_text_is_scored_with_a_heatmap(page, server):
     choose(page, "lstm-shakespeare", "score")
     page.fill("#score-text", "Now is the winter of our discontent")
