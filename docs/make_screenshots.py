@@ -74,8 +74,12 @@ def generate(page: Page, model: str, name: str, **fields: str) -> None:
 
 def shoot(page: Page) -> None:
     pick(page, "pixelcnn-mnist", "generate")
+    for seed in range(1, 8):  # the recent-samples strip
+        page.fill("#gen-seed", str(seed))
+        page.click("#gen-start")
+        page.wait_for_selector("#gen-output[data-state=done]")
     page.check("#gen-shade")
-    generate(page, "pixelcnn-mnist", "generate-image", seed="11")
+    generate(page, "pixelcnn-mnist", "generate-image", seed="8")
     generate(page, "lstm-shakespeare", "generate-text", seed="5", prompt="ROMEO:\n", **{"max-len": "420"})
     generate(page, "wavenet-fsdd", "generate-audio", seed="2", chunk="64")
 

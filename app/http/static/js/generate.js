@@ -80,6 +80,7 @@ export function setupGenerate(app) {
 
   function onModel(m) {
     controller?.abort();
+    if (m.name !== model?.name) $('gen-history').replaceChildren();
     model = m;
     const backend = $('gen-backend');
     backend.replaceChildren(...(m.backends || []).map((b) => new Option(b, b)));
@@ -165,7 +166,31 @@ export function setupGenerate(app) {
       $('gen-audio').src = done.wav;
       $('gen-audio').hidden = false;
     }
+    if (model.modality === 'binary_image' || model.modality === 'vector') remember(done);
     setState('done', `done · ${done.finish_reason} · seed ${done.seed}`);
+  }
+
+  // A thumbnail of each finished image sample (newest first); selecting one puts its seed back in the form.
+  function remember(done) {
+    const list = $('gen-history');
+    const item = document.createElement('li');
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.className = 'ghost';
+    button.title = `${model.name}, seed ${done.seed}: use this seed`;
+    const img = document.createElement('img');
+    img.src = done.png || $('gen-canvas').toDataURL('image/png');
+    img.alt = `${model.name} sample, seed ${done.seed}`;
+    const caption = document.createElement('small');
+    caption.textContent = `${done.seed} · ${fmt.nats(done.logprob)}`;
+    button.append(img, caption);
+    button.addEventListener('click', () => {
+      $('gen-seed').value = String(done.seed);
+      $('gen-seed').focus();
+    });
+    item.append(button);
+    list.prepend(item);
+    while (list.children.length > 12) list.lastChild.remove();
   }
 
   async function start() {
