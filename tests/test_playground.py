@@ -400,6 +400,18 @@ def test_keyboard_alone_picks_a_model_generates_and_stops(plain_page):
     assert page.is_visible("#panel-complete") and page.evaluate("document.activeElement.id") == "tab-complete"
 
 
+def test_keyboard_draws_on_the_pad(page):
+    choose(page, "nade-mnist", "score")
+    page.focus("#score-pad")  # the cursor starts at the centre, (14, 14)
+    page.keyboard.press("Space")
+    for _ in range(3):
+        page.keyboard.press("Shift+ArrowRight")  # Shift+arrow moves and draws with the brush
+    bits = np.array(page.locator("#score-pad").evaluate(PAD_BITS)).reshape(28, 28)
+    assert bits[14, 14:18].all() and bits.sum() > 4
+    page.keyboard.press("Space")  # toggles the pixel under the cursor back off
+    assert page.locator("#score-pad").evaluate(PAD_BITS)[14 * 28 + 17] == 0
+
+
 def test_api_errors_are_shown_as_messages(page):
     page.watch.allow(r"status of 422")
     choose(page, "lstm-shakespeare")
