@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from app.engine.registry import Registry
-from app.http import errors
+from app.http import errors, playground
 from app.http.middleware import MetricsMiddleware
 from app.http.openai import router as openai_router
 from app.http.routes import router
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(router)
     app.include_router(openai_router)  # /v1/models, /v1/completions, /tokenize, /detokenize, /tokenizer_info
+    playground.install(app)  # GET / and /playground, files under /static
     return app
 
 
