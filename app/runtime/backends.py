@@ -21,6 +21,13 @@ log = logging.getLogger("arserve")
 
 FILES: dict[str, tuple[str, ...]] = {"onnx": ("score.onnx", "step.onnx"), "torchscript": ("model.pt",)}
 
+TORCH_MISSING = ("torch is not installed: this install serves ONNX only. For TorchScript, pip install "
+                 "'arserve[torch]', or build the image with `docker build --build-arg TORCH=1` (docs/deployment.md)")
+
+
+class MissingDependency(RuntimeError):
+    """A backend's library is not installed: an operator's choice to fix, not a broken artifact."""
+
 
 class Backend(Protocol):
     name: str
@@ -79,7 +86,10 @@ class TorchScriptBackend:
     name = "torchscript"
 
     def __init__(self, folder: Path, m: Manifest, threads: int = 1):
-        import torch  # only deployments that use TorchScript pay for importing torch
+        try:
+            import torch  # only deployments that use TorchScript pay for importing torch
+        except ModuleNotFoundError as e:
+            raise MissingDependency(TORCH_MISSING) from e
 
         torch.set_num_threads(threads)
         self.torch = torch
