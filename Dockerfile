@@ -28,12 +28,14 @@ RUN if [ "$TORCH" = 1 ]; then \
     fi
 
 # The dependencies from pyproject.toml alone (editing app/ does not reinstall them): the base list, which
-# serves ONNX, plus the `torch` extra for TORCH=1 (satisfied by the +cpu build installed above).
+# serves ONNX, plus the `torch` extra for TORCH=1 (satisfied by the +cpu build installed above). numpy's
+# own test suites (17 MB) are never run here.
 COPY pyproject.toml ./
 RUN python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 extras = p['optional-dependencies']['torch'] if os.environ['TORCH'] == '1' else []; \
 print('\n'.join(p['dependencies'] + extras))" > requirements.txt \
- && pip --python /opt/venv/bin/python install -r requirements.txt
+ && pip --python /opt/venv/bin/python install -r requirements.txt \
+ && find /opt/venv/lib/python3.11/site-packages/numpy -depth -type d -name tests -exec rm -rf {} +
 
 # The service runs exported artifacts only: app/ and the model folders, never models/ (training code).
 # Readable by the service's user whatever the umask of the checkout they were copied from.

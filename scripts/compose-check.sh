@@ -93,7 +93,6 @@ cleanup() {
         for _ in $(seq 60); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
         kill -0 "$DOCKERD_PID" 2>/dev/null && { say "dockerd $DOCKERD_PID did not stop: killing it"; kill -9 "$DOCKERD_PID"; }
     fi
-    [ -n "${COPIED:-}" ] && rm -f "$COPIED"
     restore_firewall
     snapshot "$STATE/after"
     for link in $(comm -13 "$STATE/before.links" "$STATE/after.links"); do ip link delete "$link" 2>/dev/null; done
@@ -125,6 +124,13 @@ for _ in $(seq 60); do
 done
 "$DOCKER" version >/dev/null || { tail -20 "$STATE/dockerd.log"; fail "dockerd did not answer in 30 s"; }
 say "docker $("$DOCKER" version -f '{{.Server.Version}}'), compose $("$COMPOSE" version --short)"
+
+# --- the build context: the checkout as a clone made under umask 077 has it (owner-only files), so the image
+# itself must make what uid 10001 reads readable
+CTX=$STATE/context
+(umask 077 && mkdir "$CTX" && git -C "$ROOT" ls-files -co --exclude-standard -z | (cd "$ROOT" && xargs -0 cp --parents -t "$CTX"))
+[ -f "$CTX/Dockerfile" ] || fail "no Dockerfile in the build context (not a git checkout?)"
+cd "$CTX"
 
 # --- the base image: python:3.11-slim, or a stand-in from Debian packages ------------------------------------
 build_standin() {  # bookworm's python3.11, a venv at /usr/local (python, pip on PATH), this machine's CA certs
@@ -205,19 +211,34 @@ print(f"compose-check: API ok: {len(models)} models ready on {backend}; POST /lo
 EOF
 }
 
-wait_healthy() {  # $1 project; the container's health, and the seconds since it started
-    local cid t0=$SECONDS
-    cid=$("$COMPOSE" -p "$1" ps -q arserve)
-    until [ "$("$DOCKER" inspect -f '{{.State.Health.Status}}' "$cid")" = healthy ]; do
-        [ $((SECONDS - t0)) -lt 120 ] || { "$COMPOSE" -p "$1" logs --tail 30; fail "not healthy after 120 s"; }
-        sleep 0.5
-    done
-    READY_S=$(python3 - "$("$DOCKER" inspect -f '{{.State.StartedAt}}' "$cid")" <<'EOF'
+since_start() {  # seconds since the container $1 started
+    python3 - "$("$DOCKER" inspect -f '{{.State.StartedAt}}' "$1")" <<'EOF'
 import datetime, sys
 started = datetime.datetime.fromisoformat(sys.argv[1][:26].rstrip("Z") + "+00:00")
 print(round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1))
 EOF
-)
+}
+
+wait_healthy() {  # $1 project, $2 port: READY_S (/readyz says 200) and HEALTHY_S, seconds after the start
+    local cid t0=$SECONDS
+    cid=$("$COMPOSE" -p "$1" ps -q arserve)
+    python3 - "$2" <<'EOF' || { "$COMPOSE" -p "$1" logs --tail 30; fail "/readyz not 200 after 120 s"; }
+import sys, time, urllib.request
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/readyz", timeout=2)
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.1)
+sys.exit(1)
+EOF
+    READY_S=$(since_start "$cid")
+    until [ "$("$DOCKER" inspect -f '{{.State.Health.Status}}' "$cid")" = healthy ]; do
+        [ $((SECONDS - t0)) -lt 120 ] || { "$COMPOSE" -p "$1" logs --tail 30; fail "not healthy after 120 s"; }
+        sleep 0.2
+    done
+    HEALTHY_S=$(since_start "$cid")
 }
 
 compose_up() {  # $1 project, $2 image, then VAR=value settings
@@ -234,15 +255,16 @@ compose_up() {  # $1 project, $2 image, then VAR=value settings
 BASE_SIZE=$(size python:3.11-slim)
 build "$IMAGE"
 compose_up arserve-check "$IMAGE"
-wait_healthy arserve-check
-say "healthy ${READY_S} s after the container started"
+wait_healthy arserve-check "$PORT"
+say "ready ${READY_S} s and healthy ${HEALTHY_S} s after the container started"
 api_check "$PORT" onnx
 CID=$("$COMPOSE" -p arserve-check ps -q arserve)
 USER_IDS=$("$DOCKER" exec "$CID" sh -c 'echo "$(id -u):$(id -g) $HOME"; test -d "$HOME"')
 [ "${USER_IDS%% *}" = 10001:10001 ] || fail "the service runs as ${USER_IDS%% *}, not 10001:10001"
 "$DOCKER" exec "$CID" python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
     || fail "the slim image has torch installed"
-"$COMPOSE" -p arserve-check logs 2>&1 | grep -i -E 'warn|error|traceback' && fail "warnings or errors in the log"
+"$COMPOSE" -p arserve-check logs >"$STATE/slim.log" 2>&1
+grep -i -E 'warn|error|traceback' "$STATE/slim.log" && fail "warnings or errors in the log"
 sleep 5  # idle: the models loaded, no request running
 MEM=$("$DOCKER" stats --no-stream --format '{{.MemUsage}}' "$CID" | cut -d/ -f1)
 SLIM_SIZE=$(size "$IMAGE")
@@ -274,16 +296,17 @@ why = set(body["skipped"].values())
 assert body["skipped"] and all("torch is not installed" in w and "TORCH=1" in w for w in why), body
 print(f"compose-check: TorchScript on the slim image: /readyz 503, {len(body['skipped'])} models skipped: {why.pop()}")
 EOF
-"$COMPOSE" -p arserve-check-ts logs 2>&1 | grep -q "torch is not installed" || fail "the log does not say torch is missing"
+"$COMPOSE" -p arserve-check-ts logs >"$STATE/ts.log" 2>&1
+grep -q "torch is not installed" "$STATE/ts.log" || fail "the log does not say torch is missing"
 "$COMPOSE" -p arserve-check-ts down --timeout 30 >/dev/null 2>&1
 
 # --- 3. `pip install .` (no extras) in a fresh environment serves the shipped models without torch ------------
 say "pip install . (no extras) in a fresh python:3.11-slim container"
-"$DOCKER" run --rm "${RUN_ENV[@]}" -v "$ROOT:/repo:ro" python:3.11-slim sh -ec '
+"$DOCKER" run --rm "${RUN_ENV[@]}" -v "$CTX:/repo:ro" python:3.11-slim sh -ec '
     mkdir /tmp/src && cd /repo && cp -r pyproject.toml README.md app models bench exported /tmp/src/
     python -m venv /tmp/venv && /tmp/venv/bin/pip install -q --disable-pip-version-check /tmp/src
     cd /tmp && /tmp/venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec(\"torch\") is not None)"
-    ARSERVE_MODEL_DIR=/tmp/src/exported /tmp/venv/bin/uvicorn app.main:app --port 8000 --log-level warning &
+    ARSERVE_MODEL_DIR=/tmp/src/exported ARSERVE_LOG_LEVEL=warning /tmp/venv/bin/uvicorn app.main:app --port 8000 --log-level warning &
     /tmp/venv/bin/python -c "
 import json, time, urllib.request
 for _ in range(240):
@@ -300,15 +323,16 @@ print(\"compose-check: pip install . (no torch):\", len(ready[\"models\"]), \"mo
 # --- 4. optional: the TorchScript variant, its CPU torch wheel from $TORCH_WHEELS --------------------------------
 if [ -n "${TORCH_WHEELS:-}" ]; then
     WHEEL=$(ls "$TORCH_WHEELS"/torch-*+cpu-*.whl | head -1)
-    COPIED=wheels/$(basename "$WHEEL")  # into the build context; cleanup removes it
-    cp "$WHEEL" "$COPIED"
+    cp "$WHEEL" wheels/  # the build context's wheels/, in $STATE
     build "$TORCH_IMAGE" --build-arg TORCH=1 --build-arg TORCH_INDEX_URL=
-    rm -f "$COPIED"
     compose_up arserve-check-torch "$TORCH_IMAGE" ARSERVE_DEFAULT_BACKEND=torchscript
-    wait_healthy arserve-check-torch
+    wait_healthy arserve-check-torch "$PORT"
     api_check "$PORT" torchscript
     TORCH_SIZE=$(size "$TORCH_IMAGE")
-    say "torch image $(mb "$TORCH_SIZE") MB: $(mb $((TORCH_SIZE - BASE_SIZE))) MB over its base; healthy in ${READY_S} s"
+    sleep 5
+    MEM=$("$DOCKER" stats --no-stream --format '{{.MemUsage}}' "$("$COMPOSE" -p arserve-check-torch ps -q arserve)")
+    say "torch image $(mb "$TORCH_SIZE") MB: $(mb $((TORCH_SIZE - BASE_SIZE))) MB over its base; idle memory" \
+        "${MEM%% /*}; ready ${READY_S} s, healthy ${HEALTHY_S} s after the start"
     "$COMPOSE" -p arserve-check-torch down --timeout 30 >/dev/null 2>&1
 fi
 say "passed"
