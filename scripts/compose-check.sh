@@ -91,11 +91,16 @@ cleanup() {
         fi
         kill "$DOCKERD_PID" 2>/dev/null
         for _ in $(seq 60); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
-        kill -0 "$DOCKERD_PID" 2>/dev/null && { say "dockerd $DOCKERD_PID did not stop: killing it"; kill -9 "$DOCKERD_PID"; }
+        if kill -0 "$DOCKERD_PID" 2>/dev/null; then
+            say "dockerd $DOCKERD_PID did not stop: killing it"
+            kill -9 "$DOCKERD_PID"
+        fi
     fi
     restore_firewall
     snapshot "$STATE/after"
-    for link in $(comm -13 "$STATE/before.links" "$STATE/after.links"); do ip link delete "$link" 2>/dev/null; done
+    for link in $(comm -13 "$STATE/before.links" "$STATE/after.links"); do  # Docker's bridges and veths only
+        [[ $link =~ ^(docker0|br-[0-9a-f]+|veth[0-9a-f]+)$ ]] && ip link delete "$link" 2>/dev/null
+    done
     sysctl -q -w net.ipv4.ip_forward="$(cat "$STATE/before.forward")"
     snapshot "$STATE/after"
     local what
@@ -128,7 +133,8 @@ say "docker $("$DOCKER" version -f '{{.Server.Version}}'), compose $("$COMPOSE" 
 # --- the build context: the checkout as a clone made under umask 077 has it (owner-only files), so the image
 # itself must make what uid 10001 reads readable
 CTX=$STATE/context
-(umask 077 && mkdir "$CTX" && git -C "$ROOT" ls-files -co --exclude-standard -z | (cd "$ROOT" && xargs -0 cp --parents -t "$CTX"))
+(umask 077 && mkdir "$CTX" && git -C "$ROOT" ls-files -co --exclude-standard -z \
+    | (cd "$ROOT" && xargs -0 cp --parents -t "$CTX")) || fail "cannot copy the checkout's files (git ls-files)"
 [ -f "$CTX/Dockerfile" ] || fail "no Dockerfile in the build context (not a git checkout?)"
 cd "$CTX"
 
@@ -141,11 +147,13 @@ build_standin() {  # bookworm's python3.11, a venv at /usr/local (python, pip on
     }
     local rootfs=$STATE/rootfs
     say "building a stand-in for python:3.11-slim with debootstrap ($MIRROR)"
-    debootstrap --variant=minbase --include=python3.11,python3.11-venv,python3-distutils,ca-certificates bookworm "$rootfs" \
-        "$MIRROR" >"$STATE/debootstrap.log" 2>&1 || { tail -20 "$STATE/debootstrap.log"; fail "debootstrap"; }
+    debootstrap --variant=minbase --include=python3.11,python3.11-venv,python3-distutils,ca-certificates \
+        bookworm "$rootfs" "$MIRROR" >"$STATE/debootstrap.log" 2>&1 \
+        || { tail -20 "$STATE/debootstrap.log"; fail "debootstrap"; }
     chroot "$rootfs" python3.11 -m venv /usr/local
     cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
-    printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"$rootfs/etc/pip.conf"  # pip's own bundle lacks them
+    # pip 23 reads its own CA bundle, which lacks this machine's proxy CA
+    printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"$rootfs/etc/pip.conf"
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/{doc,man,locale}/*
     mkdir -p "$CACHE"
     tar -C "$rootfs" -cf "$STANDIN_TAR.part" . && mv "$STANDIN_TAR.part" "$STANDIN_TAR"
@@ -306,7 +314,8 @@ say "pip install . (no extras) in a fresh python:3.11-slim container"
     mkdir /tmp/src && cd /repo && cp -r pyproject.toml README.md app models bench exported /tmp/src/
     python -m venv /tmp/venv && /tmp/venv/bin/pip install -q --disable-pip-version-check /tmp/src
     cd /tmp && /tmp/venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec(\"torch\") is not None)"
-    ARSERVE_MODEL_DIR=/tmp/src/exported ARSERVE_LOG_LEVEL=warning /tmp/venv/bin/uvicorn app.main:app --port 8000 --log-level warning &
+    cd /tmp && export ARSERVE_MODEL_DIR=/tmp/src/exported ARSERVE_LOG_LEVEL=warning
+    /tmp/venv/bin/uvicorn app.main:app --port 8000 --log-level warning &
     /tmp/venv/bin/python -c "
 import json, time, urllib.request
 for _ in range(240):
