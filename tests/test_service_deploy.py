@@ -4,17 +4,20 @@ hadolint lints the Dockerfile, and the image's command is the README's serve com
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 from conftest import ROOT
 
 BIN = Path(sys.executable).parent
+PYPROJECT_TORCH = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["torch"]
 
 
 def tool(name: str) -> str:
@@ -43,9 +46,10 @@ def test_dockerfile_passes_hadolint():
 def test_dockerfile_shape():
     steps = dockerfile()
     words = [w for w, _ in steps]
-    assert steps[0] == ("FROM", "python:3.11-slim")
+    froms = [a for w, a in steps if w == "FROM"]
+    assert froms == ["python:3.11-slim AS build", "python:3.11-slim"], "the build stage, then the slim image"
     first_code = min(i for i, (w, a) in enumerate(steps) if w == "COPY" and a.startswith("app"))
-    installs = [i for i, (w, a) in enumerate(steps) if w == "RUN" and "pip install" in a]
+    installs = [i for i, (w, a) in enumerate(steps) if w == "RUN" and re.search(r"\bpip\b.* install ", a)]
     assert installs and max(installs) < first_code, "dependencies must be installed before the code is copied"
     user = [a for w, a in steps if w == "USER"]
     assert user and user[-1].split(":")[0] not in ("root", "0"), "the service must not run as root"
@@ -71,17 +75,30 @@ def test_image_command_is_the_readme_serve_command():
 
 
 def test_compose_file_is_valid():
+    defaults = {k: v for k, v in os.environ.items() if not k.startswith("ARSERVE_") and k != "TORCH"}  # the file's own
     r = subprocess.run([tool("docker-compose"), "-f", "docker-compose.yml", "config", "--format", "json"], cwd=ROOT,
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, env=defaults)
     assert r.returncode == 0, r.stderr
     service = json.loads(r.stdout)["services"]["arserve"]
-    assert any(p["target"] == 8000 and str(p["published"]) == "8000" for p in service["ports"])
-    assert service["healthcheck"]["test"][0] == "CMD"
-    volume = service["volumes"][0]
-    assert volume["source"] == str(ROOT / "exported")
-    assert volume["target"] == service["environment"]["ARSERVE_MODEL_DIR"]
+    # loopback only by default: the API has no authentication
+    assert [(p["host_ip"], str(p["published"]), p["target"]) for p in service["ports"]] == [("127.0.0.1", "8000", 8000)]
+    assert service["healthcheck"]["test"][0] == "CMD" and "/readyz" in service["healthcheck"]["test"][-1]
+    assert service["healthcheck"]["interval"] == "5s", "healthy within seconds of ready, not after 15 s"
+    assert service["stop_grace_period"] == "30s", "longer than the server's drain deadline"
+    assert service["image"] == "arserve:0.1.0" and service["build"]["args"] == {"TORCH": "0"}
+    assert "volumes" not in service, "the image's own models are served (a mount is opt-in, commented)"
     assert all(k.startswith("ARSERVE_") for k in service["environment"])
     from app.runtime.config import Settings
 
     known = {f"ARSERVE_{name.upper()}" for name in Settings.model_fields}
     assert set(service["environment"]) <= known, "compose sets a variable the service does not read"
+
+
+def test_image_takes_only_the_cpu_torch_build():
+    """TORCH=1 installs torch==X+cpu (PyPI has no +cpu version: never the CUDA wheel) and checks it has no CUDA."""
+    steps = dockerfile()
+    args = dict(a.split("=", 1) for w, a in steps if w == "ARG")
+    assert args["TORCH"] == "0" and args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    torch_step = next(a for w, a in steps if w == "RUN" and "torch==" in a)
+    assert '"torch==${TORCH_VERSION}+cpu"' in torch_step and "torch.version.cuda is None" in torch_step
+    assert PYPROJECT_TORCH == [f"torch=={args['TORCH_VERSION']}"], "the image's torch is pyproject.toml's"

@@ -87,7 +87,9 @@ class Generation:
         """Record a drawn token and move on."""
         self.tokens.append(token)
         self.logprobs.append(logprob)
-        self.first_token = self.first_token or time.perf_counter()
+        now = time.perf_counter()
+        self.started = self.started or now  # no prefix: the first step is the first token (prefill 0 ms)
+        self.first_token = self.first_token or now
         self._advance(token)
         return token, logprob
 

@@ -9,6 +9,7 @@ the other one on the first request that asks for it, on the thread that serves i
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,10 @@ class ServedModel:
                 threads = self.settings.ort_intra_op_threads if name == "onnx" else self.settings.torch_threads
                 try:
                     self._backends[name] = backends.load(name, self.folder, self.manifest, threads)
+                except backends.MissingDependency as e:  # the same for every model: no traceback
+                    log.error("cannot load the %s backend of %s: %s", name, self.name, e)
+                    raise unavailable("backend_unavailable", f"backend: {name} cannot load for {self.name}: {e}",
+                                      field="backend") from None
                 except Exception as e:
                     log.exception("cannot load the %s backend of %s", name, self.name)
                     raise unavailable("backend_unavailable", f"backend: {name} failed to load for {self.name}: {e}",
@@ -102,8 +107,11 @@ class Registry:
             try:
                 self._load_one(folder, models)
             except Exception as e:  # one bad folder must not take the others down
-                log.error("skipping %s: %s", folder, e)
-                self.skipped[folder.name] = str(e)
+                why = str(e)
+                if isinstance(e, PermissionError):  # e.g. a mounted folder checked out under umask 077
+                    why += f" (the server runs as uid {os.getuid()}: make the files readable, chmod -R a+rX)"
+                log.error("skipping %s: %s", folder, why)
+                self.skipped[folder.name] = why
         for model in models.values():
             model.worker.start()
             model.scorer.start()

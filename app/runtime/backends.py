@@ -27,6 +27,13 @@ FILES: dict[str, tuple[str, ...]] = {"onnx": ("score.onnx", "step.onnx"), "torch
 # cost MADE 8-36 %).
 SHRINK_ARENA_POSITIONS = 16384
 
+TORCH_MISSING = ("torch is not installed: this install serves ONNX only. For TorchScript, pip install "
+                 "'arserve[torch]', or build the image with `docker build --build-arg TORCH=1` (docs/deployment.md)")
+
+
+class MissingDependency(RuntimeError):
+    """A backend's library is not installed: an operator's choice to fix, not a broken artifact."""
+
 
 class Backend(Protocol):
     name: str
@@ -93,7 +100,10 @@ class TorchScriptBackend:
     batch_invariant = False  # its CPU kernels pick algorithms by batch size (measured: NADE row 9 of 10 differs)
 
     def __init__(self, folder: Path, m: Manifest, threads: int = 1):
-        import torch  # only deployments that use TorchScript pay for importing torch
+        try:
+            import torch  # only deployments that use TorchScript pay for importing torch
+        except ModuleNotFoundError as e:
+            raise MissingDependency(TORCH_MISSING) from e
 
         torch.set_num_threads(threads)
         self.torch = torch
