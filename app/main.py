@@ -12,11 +12,14 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from app.engine.registry import Registry
 from app.http import errors
+from app.http.drain import Drain, DrainMiddleware
 from app.http.middleware import MetricsMiddleware
 from app.http.routes import router
+from app.http.security import APIKeyMiddleware, RequestIdFilter, RequestIdMiddleware
 from app.http.service import StreamSlots
 from app.runtime.config import Settings, get_settings
 from app.runtime.metrics import Metrics
@@ -28,7 +31,8 @@ def _configure_logging(level: str) -> None:
     log.setLevel(level.upper())
     if not log.handlers:  # uvicorn configures its own loggers only
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
+        handler.addFilter(RequestIdFilter())
         log.addHandler(handler)
 
 
@@ -36,6 +40,7 @@ def _configure_logging(level: str) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     registry: Registry = app.state.registry
     _configure_logging(app.state.settings.log_level)
+    app.state.drain.loop = asyncio.get_running_loop()
     app.state.loading = asyncio.create_task(asyncio.to_thread(registry.load), name="arserve-load-models")
     try:
         yield
@@ -52,14 +57,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Exact-likelihood autoregressive models: POST /logprob, streamed GET /sample.",
         version="0.1.0",
         lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,  # 413 while reading: Content-Length first, chunked bodies counted
+        **({} if settings.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}),
     )
     metrics = Metrics()
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = Registry(settings, metrics)
     app.state.slots = StreamSlots(settings, metrics)
+    app.state.drain = Drain(settings.drain_s)
     errors.install(app)
+    # Outermost last: request id > metrics > CORS > drain (503) > API keys > the routes
+    app.add_middleware(APIKeyMiddleware, keys=settings.api_key_list(), metrics_open=not settings.metrics_require_key,
+                       docs_open=settings.docs)
+    app.add_middleware(DrainMiddleware, drain=app.state.drain)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list(), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+                           expose_headers=["X-Request-ID", "Retry-After"])
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestIdMiddleware, trusted_proxies=settings.trusted_proxy_list())
     app.include_router(router)
     return app
 

@@ -84,7 +84,9 @@ class Generation:
         """Record a drawn token and move on."""
         self.tokens.append(token)
         self.logprobs.append(logprob)
-        self.first_token = self.first_token or time.perf_counter()
+        now = time.perf_counter()
+        self.started = self.started or now  # no prefix: the first step draws, and prefill took no time
+        self.first_token = self.first_token or now
         self._advance(token)
         return token, logprob
 
@@ -104,7 +106,7 @@ class Generation:
     def timings(self) -> dict[str, float]:
         end = self.finished or time.perf_counter()
         start, first = self.started or end, self.first_token or end
-        ms = lambda a, b: round(1000 * (b - a), 3)  # noqa: E731
+        ms = lambda a, b: round(1000 * max(0.0, b - a), 3)  # noqa: E731  (never negative, whatever the clock)
         n = len(self.tokens)
         return {
             "queued_ms": ms(self.created, start),

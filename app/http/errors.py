@@ -53,6 +53,21 @@ def field_name(loc: Sequence[Any]) -> str:
     return out or "body"
 
 
+MAX_LISTED = 5  # problems named in one message; the rest are counted
+MAX_QUOTED = 40  # characters of the caller's input quoted back at most
+
+
+def short(value: Any) -> str:
+    """repr(value), cut to MAX_QUOTED characters: an error never echoes a big input."""
+    text = repr(value[: MAX_QUOTED + 1] if isinstance(value, str | bytes) else value)
+    return text if len(text) <= MAX_QUOTED else text[: MAX_QUOTED - 3] + "..."
+
+
+def _listed(items: list[str]) -> str:
+    more = f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return ", ".join(items[:MAX_LISTED]) + more
+
+
 def _validation_error(exc: RequestValidationError) -> APIError:
     errors = exc.errors()
     for e in errors:
@@ -61,12 +76,30 @@ def _validation_error(exc: RequestValidationError) -> APIError:
             reason = (e.get("ctx") or {}).get("error", "invalid JSON")
             return APIError(422, "malformed_json", f"body: not valid JSON ({reason} at character {where})", "body")
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    field = field_name(first["loc"])
+    field = field_name(first["loc"])[:MAX_QUOTED]
+    extra = [field_name(e["loc"])[:MAX_QUOTED] for e in errors if e.get("type") == "extra_forbidden"]
     parts = []
+    if len(extra) > 1:  # unknown fields: one line, however many
+        parts.append(f"unknown fields {_listed(extra)}: not permitted")
     for e in errors:
-        got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict | list) else ""
-        parts.append(f"{field_name(e['loc'])}: {e['msg']}{got}")
-    return APIError(422, "invalid_request", "; ".join(parts), field)
+        if len(extra) > 1 and e.get("type") == "extra_forbidden":
+            continue
+        got = f" (got {short(e['input'])})" if "input" in e and not isinstance(e["input"], dict | list) else ""
+        parts.append(f"{field_name(e['loc'])[:MAX_QUOTED]}: {e['msg'][:200]}{got}")
+    more = f"; and {len(parts) - MAX_LISTED} more problems" if len(parts) > MAX_LISTED else ""
+    return APIError(422, "invalid_request", "; ".join(parts[:MAX_LISTED]) + more, field)
+
+
+class HTTPAPIError(StarletteHTTPException):
+    """An APIError that must pass FastAPI's body reading, which turns any other exception into a bare 400."""
+
+    def __init__(self, err: APIError):
+        super().__init__(err.status, err.message, err.headers)
+        self.api_error = err
+
+
+def as_http(err: APIError) -> HTTPAPIError:
+    return HTTPAPIError(err)
 
 
 def _json(err: APIError) -> JSONResponse:
@@ -88,8 +121,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, HTTPAPIError):
+            return _json(exc.api_error)
+        if exc.status_code == 413:  # FastAPI's body size limit (max_body_size)
+            limit = request.app.state.settings.max_body_bytes
+            return _json(APIError(413, "body_too_large", f"body: larger than ARSERVE_MAX_BODY_BYTES={limit}", "body",
+                                  {"Connection": "close"}))
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _json(APIError(exc.status_code, code, str(exc.detail), headers=exc.headers))
+        return _json(APIError(exc.status_code, code, str(exc.detail)[:200], headers=exc.headers))
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:

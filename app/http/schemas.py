@@ -74,3 +74,22 @@ class SampleDone(BaseModel):
 
 class ModelsResponse(BaseModel):
     models: list[dict[str, Any]]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable, for programs: invalid_input, limit_exceeded, unauthorized, ...")
+    message: str = Field(description="for people: names the field (and position) to blame")
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx and 503 answer (readiness adds `skipped`)."""
+
+    model_config = ConfigDict(extra="allow")
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorResponse, "description": "the caller's mistake, or over a limit"},
+    503: {"model": ErrorResponse, "description": "not ready, busy or shutting down (Retry-After)"},
+}

@@ -116,17 +116,25 @@ def prepare_sample(p: SampleParams, model: ServedModel, settings: Settings) -> S
 
 
 class StreamSlots:
-    """Admission control: at most max_concurrent_streams generations at once, server-wide; the rest get 429."""
+    """Admission control: at most max_concurrent_streams generations at once, server-wide, and at most
+    max_streams_per_client from one client address; the rest get 429."""
 
     def __init__(self, settings: Settings, metrics: Metrics):
         self.limit, self.retry_after, self.metrics = settings.max_concurrent_streams, settings.retry_after_s, metrics
+        self.per_client = settings.max_streams_per_client
         self.active = 0  # touched only on the event loop
+        self.by_client: dict[str, int] = {}
 
-    def acquire(self, model: str) -> Callable[[], None]:
+    def acquire(self, model: str, client: str = "") -> Callable[[], None]:
         if self.active >= self.limit:
             raise busy(f"{self.active} sample streams are running, the server's limit "
                        f"(ARSERVE_MAX_CONCURRENT_STREAMS={self.limit}); retry later", self.retry_after)
+        if self.by_client.get(client, 0) >= self.per_client:
+            raise busy(f"{self.per_client} sample streams of this client are running, the per-client limit "
+                       f"(ARSERVE_MAX_STREAMS_PER_CLIENT={self.per_client}); retry later", self.retry_after,
+                       "too_many_client_streams")
         self.active += 1
+        self.by_client[client] = self.by_client.get(client, 0) + 1
         gauge = self.metrics.active_streams.labels(model)
         gauge.inc()
         released = False
@@ -136,6 +144,9 @@ class StreamSlots:
             if not released:
                 released = True
                 self.active -= 1
+                self.by_client[client] -= 1
+                if not self.by_client[client]:
+                    del self.by_client[client]
                 gauge.dec()
 
         return release
