@@ -8,7 +8,8 @@
             print(event.data.get("text", ""), end="", flush=True)
 
 `sample()` yields the stream's `token` events and finally its `done` event; an `error` event, or an HTTP
-error before the stream starts, raises ArserveError.
+error before the stream starts, raises ArserveError. A server with API keys (ARSERVE_API_KEYS) takes one as
+`ArserveClient(url, api_key="...")`, sent as `Authorization: Bearer ...`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ def _check(response: httpx.Response) -> dict:
     return response.json()
 
 
+def _headers(api_key: str | None, httpx_kwargs: dict) -> dict:
+    headers = dict(httpx_kwargs.pop("headers", None) or {})
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
+
+
 def _query(model: str, params: dict[str, Any]) -> dict[str, Any]:
     q = {"model": model, **{k: v for k, v in params.items() if v is not None}}
     if isinstance(q.get("prefix"), list | tuple):
@@ -63,8 +71,10 @@ def _event(sse) -> Event:
 
 
 class ArserveClient:
-    def __init__(self, base_url: str = "http://localhost:8000", timeout: float = 60.0, **httpx_kwargs):
-        self.http = httpx.Client(base_url=base_url, timeout=timeout, **httpx_kwargs)
+    def __init__(self, base_url: str = "http://localhost:8000", timeout: float = 60.0, api_key: str | None = None,
+                 **httpx_kwargs):
+        self.http = httpx.Client(base_url=base_url, timeout=timeout, headers=_headers(api_key, httpx_kwargs),
+                                 **httpx_kwargs)
 
     def __enter__(self) -> ArserveClient:
         return self
@@ -103,8 +113,10 @@ class ArserveClient:
 
 
 class AsyncArserveClient:
-    def __init__(self, base_url: str = "http://localhost:8000", timeout: float = 60.0, **httpx_kwargs):
-        self.http = httpx.AsyncClient(base_url=base_url, timeout=timeout, **httpx_kwargs)
+    def __init__(self, base_url: str = "http://localhost:8000", timeout: float = 60.0, api_key: str | None = None,
+                 **httpx_kwargs):
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=_headers(api_key, httpx_kwargs),
+                                      **httpx_kwargs)
 
     async def __aenter__(self) -> AsyncArserveClient:
         return self

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -78,7 +78,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware, trusted_proxies=settings.trusted_proxy_list())
     app.include_router(router)
+    app.openapi = _errors_as_json(app.openapi)
     return app
+
+
+def _errors_as_json(build: Callable[[], dict]) -> Callable[[], dict]:
+    """FastAPI documents a route's extra responses in the route's media type; GET /sample's errors are JSON,
+    not text/event-stream."""
+
+    def openapi() -> dict:
+        spec = build()
+        for operation in (op for methods in spec.get("paths", {}).values() for op in methods.values()):
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                if (status.startswith("4") or status.startswith("5")) and "text/event-stream" in content:
+                    content["application/json"] = content.pop("text/event-stream")
+        return spec
+
+    return openapi
 
 
 app = create_app()
