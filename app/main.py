@@ -16,6 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.engine.registry import Registry
 from app.http import errors
+from app.http.bodies import BodyLimitMiddleware
 from app.http.drain import Drain, DrainMiddleware
 from app.http.middleware import MetricsMiddleware
 from app.http.routes import router
@@ -57,7 +58,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Exact-likelihood autoregressive models: POST /logprob, streamed GET /sample.",
         version="0.1.0",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,  # 413 while reading: Content-Length first, chunked bodies counted
         **({} if settings.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}),
     )
     metrics = Metrics()
@@ -67,9 +67,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.slots = StreamSlots(settings, metrics)
     app.state.drain = Drain(settings.drain_s)
     errors.install(app)
-    # Outermost last: request id > metrics > CORS > drain (503) > API keys > the routes
+    # Outermost last: request id > metrics > CORS > drain (503) > body cap (413) > API keys > the routes
     app.add_middleware(APIKeyMiddleware, keys=settings.api_key_list(), metrics_open=not settings.metrics_require_key,
                        docs_open=settings.docs)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list(), allow_methods=["GET", "POST"],

@@ -23,6 +23,7 @@ from app.runtime.config import Settings, get_settings
 log = logging.getLogger("arserve")
 
 FD_RESERVE = 128  # descriptors kept for everything but client connections: model files, logs, pipes, epoll
+BACKLOG = 128  # listen queue, and the most connections asyncio accepts in one go before any is counted
 
 
 def raise_fd_limit() -> int:
@@ -38,8 +39,10 @@ def raise_fd_limit() -> int:
 
 
 def connection_cap(settings: Settings, fd_limit: int) -> int:
-    return max(1, min(settings.max_connections, fd_limit - FD_RESERVE if fd_limit > 2 * FD_RESERVE
-                      else fd_limit // 2))
+    """Connections the server keeps open at most: below the fd limit by the reserve and one accept burst (asyncio
+    accepts up to BACKLOG sockets before the protocol sees any), so that accept() never meets EMFILE."""
+    room = fd_limit - FD_RESERVE - BACKLOG
+    return max(1, min(settings.max_connections, room if room > fd_limit // 4 else fd_limit // 4))
 
 
 class Server(uvicorn.Server):
@@ -64,6 +67,7 @@ def config(settings: Settings, host: str | None = None, port: int | None = None)
         http=guarded(limits),  # uvicorn's h11 protocol, plus the guards
         loop="asyncio",
         lifespan="on",
+        backlog=BACKLOG,
         limit_concurrency=cap + 1,  # a backstop on tasks: the protocol already keeps connections <= cap
         timeout_keep_alive=settings.keep_alive_s,
         timeout_graceful_shutdown=settings.drain_s + CLOSE_GRACE_S,

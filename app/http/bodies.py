@@ -1,10 +1,10 @@
-"""JSON request bodies at a bounded cost.
+"""Request bodies at a bounded cost.
 
-The size cap itself is FastAPI's (`FastAPI(max_body_size=...)`: Content-Length checked first, chunked bodies
-counted while they arrive, 413 before the rest is read). This module bounds the rest: the body must arrive
-within ARSERVE_BODY_TIMEOUT_S (408), and a body that holds more object fields than any request takes is refused
-before it is parsed (json.loads of a million keys holds the GIL for seconds, so a thread would not help; see
-docs/security.md). The routes use it through `router = APIRouter(route_class=JSONRoute)`.
+BodyLimitMiddleware caps the size while reading: a Content-Length over ARSERVE_MAX_BODY_BYTES is refused before
+a byte of the body is read, a chunked body is counted as it arrives, and the 413 leaves at once. The routes'
+JSONRequest (`APIRouter(route_class=JSONRoute)`) bounds the rest: the body must arrive within
+ARSERVE_BODY_TIMEOUT_S (408), and a body holding more object fields than any request takes is refused before it
+is parsed (json.loads of a million keys holds the GIL for seconds, so a thread would not help; docs/security.md).
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.http.errors import APIError, as_http
+from app.http.errors import APIError, HTTPAPIError, as_http
+from app.http.security import send_error
 
 MAX_FIELDS = 256  # object fields a body may hold, nested ones included; every request takes a dozen or so
 _KEY = re.compile(rb'"\s*:')  # a JSON key ends so (or an escaped quote inside a string: a generous count)
@@ -61,3 +63,42 @@ class JSONRoute(APIRoute):
             return await handler(req)
 
         return route
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    def too_large(self) -> HTTPAPIError:
+        return as_http(APIError(413, "body_too_large", f"body: larger than ARSERVE_MAX_BODY_BYTES={self.max_bytes}",
+                                "body", {"Connection": "close"}))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None and (not length.strip().isdigit() or int(length) > self.max_bytes):
+            err = self.too_large().api_error
+            return await send_error(send, err.status, err.code, err.message, err.headers)
+        received, started = 0, False
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise self.too_large()  # an HTTPException: FastAPI's body reading lets it through to the handler
+            return message
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except HTTPAPIError as e:  # raised where no exception handler runs
+            if started or e.status_code != 413:
+                raise
+            err = e.api_error
+            await send_error(send, err.status, err.code, err.message, err.headers)

@@ -11,7 +11,10 @@ descriptor. This subclass adds, per connection:
   make room (so a flood of idle connections cannot lock out a health check), or the newcomer if every connection
   is busy;
 - a write deadline: a connection whose writes stay paused (the peer does not read) for `write_stall_s` is
-  aborted, which frees its file descriptor and its buffered bytes.
+  aborted, which frees its file descriptor and its buffered bytes;
+- a bounded kernel send buffer (SEND_BUFFER): Linux grows it up to 4 MB per socket on its own, which would let a
+  client that stopped reading swallow ~30,000 token events before the server notices (and cost as much kernel
+  memory per connection); with it, a stalled reader blocks the stream's writes after some 200 KB.
 
 nginx (client_header_timeout, send_timeout, limit_conn) does the same in front of a server; these guards make the
 bare server safe on its own. The protocol is uvicorn's internal class, pinned with uvicorn in pyproject.toml.
@@ -21,11 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from dataclasses import dataclass
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger("arserve")
+
+SEND_BUFFER = 64 * 1024  # SO_SNDBUF per connection (Linux doubles it): 128 KB in flight is >1 MB/s at 100 ms RTT
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,9 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self.waiting_since: float | None = None  # loop time since which it waits for a request's headers
         self._header_timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None

@@ -123,10 +123,6 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc, HTTPAPIError):
             return _json(exc.api_error)
-        if exc.status_code == 413:  # FastAPI's body size limit (max_body_size)
-            limit = request.app.state.settings.max_body_bytes
-            return _json(APIError(413, "body_too_large", f"body: larger than ARSERVE_MAX_BODY_BYTES={limit}", "body",
-                                  {"Connection": "close"}))
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _json(APIError(exc.status_code, code, str(exc.detail)[:200], headers=exc.headers))
 

@@ -188,8 +188,10 @@ async def events(job: SampleJob, stream: Stream, settings: Settings) -> AsyncIte
     try:
         while True:
             try:
-                items = stream.drain() or [
-                    await asyncio.wait_for(stream.get(), min(settings.keepalive_s, deadline - loop.time()))]
+                items = stream.drain()
+                if not items:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow an outer cancellation
+                    async with asyncio.timeout(min(settings.keepalive_s, deadline - loop.time())):
+                        items = [await stream.get()]
             except TimeoutError:
                 if loop.time() < deadline:
                     yield sse.comment("keep-alive")
