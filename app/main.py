@@ -20,6 +20,7 @@ from app.http.bodies import BodyLimitMiddleware
 from app.http.drain import Drain, DrainMiddleware
 from app.http.middleware import MetricsMiddleware
 from app.http.routes import router
+from app.http.schemas import event_stream_schema
 from app.http.security import APIKeyMiddleware, RequestIdFilter, RequestIdMiddleware
 from app.http.service import StreamSlots
 from app.runtime.config import Settings, get_settings
@@ -85,10 +86,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _errors_as_json(build: Callable[[], dict]) -> Callable[[], dict]:
     """FastAPI documents a route's extra responses in the route's media type; GET /sample's errors are JSON,
-    not text/event-stream."""
+    not text/event-stream. And its events are documented one by one (event_stream_schema)."""
 
     def openapi() -> dict:
         spec = build()
+        stream = spec.get("paths", {}).get("/sample", {}).get("get", {}).get("responses", {}).get("200", {})
+        if "text/event-stream" in stream.get("content", {}):
+            stream["content"]["text/event-stream"] = {"schema": event_stream_schema()}
         for operation in (op for methods in spec.get("paths", {}).values() for op in methods.values()):
             for status, response in operation.get("responses", {}).items():
                 content = response.get("content", {})
