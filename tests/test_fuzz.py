@@ -57,7 +57,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(artifacts, t
                "-H", f"Authorization: Bearer {key}", "--checks", CHECKS, "--max-examples", str(MAX_EXAMPLES),
                "--max-time", str(MAX_TIME_S), "--seed", "12", "--workers", "1", "--request-timeout", "30",
                "--no-shrink", "--report", "json", "--report-dir", str(tmp_path)]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=MAX_TIME_S + 120)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=MAX_TIME_S + 120, cwd=tmp_path)  # its cache too
         proc.log.seek(0)
         log = proc.log.read()
     print(r.stdout[-1500:])
