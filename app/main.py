@@ -69,7 +69,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.drain = Drain(settings.drain_s)
     errors.install(app)
     # Outermost last: request id > metrics > CORS > drain (503) > body cap (413) > API keys > the routes
-    app.add_middleware(APIKeyMiddleware, keys=settings.api_key_list(), metrics_open=not settings.metrics_require_key,
+    keys = settings.api_key_list()
+    if settings.api_keys_file is not None and not keys:
+        log.warning("ARSERVE_API_KEYS_FILE %s holds no key: every route is open", settings.api_keys_file)
+    app.add_middleware(APIKeyMiddleware, keys=keys, metrics_open=not settings.metrics_require_key,
                        docs_open=settings.docs)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
