@@ -119,6 +119,15 @@ async def test_the_client_sends_its_key(guarded):
             await c.models()
 
 
+def test_the_sync_client_sends_its_key():
+    from app.client import ArserveClient
+
+    with ArserveClient("http://127.0.0.1:9", api_key="key-one", headers={"X-Request-ID": "mine"}) as c:
+        assert c.http.headers["authorization"] == "Bearer key-one" and c.http.headers["x-request-id"] == "mine"
+    with ArserveClient("http://127.0.0.1:9") as c:
+        assert "authorization" not in c.http.headers
+
+
 # ----- request ids, CORS, client addresses -------------------------------------------------------------
 
 
