@@ -262,6 +262,13 @@ async def test_errors_quote_a_short_prefix(client, field, value):
     assert 400 <= r.status_code < 500 and len(r.text) < 600, r.text[:300]
 
 
+@pytest.mark.parametrize("inputs", [[[0, "x" * 100_000, 0, 1, 1, 0, 0, 1]], [[0, 1, 0, 1, 1, 0, 0, 10**4000]],
+                                    [[[0, 1, 0, 1], "y" * 100_000]]], ids=["string token", "huge int", "string row"])
+async def test_engine_errors_quote_a_short_prefix(client, inputs):
+    r = await client.post("/logprob", json={"model": "tiny-nade", "inputs": inputs})
+    assert r.status_code == 422 and len(r.text) < 300, r.text[:300]
+
+
 async def test_a_text_body_is_not_echoed(client):
     r = await client.post("/logprob", content=b"\0" * 1_000_000, headers={"content-type": "text/plain"})
     assert r.status_code == 422 and len(r.content) < 600, r.text[:300]

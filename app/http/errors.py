@@ -39,9 +39,13 @@ STATUS: dict[type[EngineError], int] = {InvalidInput: 422, LimitExceeded: 413, M
                                         Unavailable: 503}
 
 
+MAX_MESSAGE = 500  # characters; a longer engine message can only be quoting input (a backstop to errors.quote)
+
+
 def from_engine(exc: EngineError) -> APIError:
     headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
-    return APIError(STATUS.get(type(exc), 422), exc.code, exc.message, exc.field, headers)
+    message = exc.message if len(exc.message) <= MAX_MESSAGE else exc.message[: MAX_MESSAGE - 3] + "..."
+    return APIError(STATUS.get(type(exc), 422), exc.code, message, exc.field, headers)
 
 
 def field_name(loc: Sequence[Any]) -> str:
