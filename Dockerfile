@@ -67,5 +67,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=5s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=3)"]
 
-# The README's serve command (make serve) with its default host and port.
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]
+# The README's serve command (make serve: app/serve.py's launcher and limits), exposed on the container's interfaces.
+CMD ["python", "-m", "app.serve", "--host", "0.0.0.0", "--port", "8000"]

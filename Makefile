@@ -12,8 +12,9 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev,bench]'
 
+# make serve: app/serve.py's launcher (docs/security.md) on ARSERVE_HOST:ARSERVE_PORT, default 127.0.0.1:8000
 serve: install
-	$(BIN)/uvicorn app.main:app --host $${ARSERVE_HOST:-0.0.0.0} --port $${ARSERVE_PORT:-8000}
+	$(BIN)/python -m app.serve
 
 test: install
 	$(BIN)/ruff check .

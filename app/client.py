@@ -12,7 +12,8 @@
 event's data then carrying its "sample" index); an `error` event, an HTTP error before the stream starts, or a
 stream cut before its last `done` event (code `stream_cut`) raises ArserveError. Sampling controls:
 temperature, top_k, top_p, min_p, n, seed, stop (a list of strings, text models), max_len, prefix or prompt,
-chunk.
+chunk. A server with API keys (ARSERVE_API_KEYS) takes one as `ArserveClient(url, api_key="...")`, sent as
+`Authorization: Bearer ...`.
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ def _check(response: httpx.Response) -> dict:
     if response.status_code >= 400:
         raise _error(response)
     return response.json()
+
+
+def _headers(api_key: str | None, httpx_kwargs: dict) -> dict:
+    headers = dict(httpx_kwargs.pop("headers", None) or {})
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
 
 
 def _query(model: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -96,8 +104,10 @@ def _event(sse) -> Event:
 
 
 class ArserveClient:
-    def __init__(self, base_url: str = "http://localhost:8000", timeout: float = 60.0, **httpx_kwargs):
-        self.http = httpx.Client(base_url=base_url, timeout=timeout, **httpx_kwargs)
+    def __init__(self, base_url: str = "http://localhost:8000", timeout: float = 60.0, api_key: str | None = None,
+                 **httpx_kwargs):
+        self.http = httpx.Client(base_url=base_url, timeout=timeout, headers=_headers(api_key, httpx_kwargs),
+                                 **httpx_kwargs)
 
     def __enter__(self) -> ArserveClient:
         return self
@@ -150,8 +160,10 @@ class ArserveClient:
 
 
 class AsyncArserveClient:
-    def __init__(self, base_url: str = "http://localhost:8000", timeout: float = 60.0, **httpx_kwargs):
-        self.http = httpx.AsyncClient(base_url=base_url, timeout=timeout, **httpx_kwargs)
+    def __init__(self, base_url: str = "http://localhost:8000", timeout: float = 60.0, api_key: str | None = None,
+                 **httpx_kwargs):
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=_headers(api_key, httpx_kwargs),
+                                      **httpx_kwargs)
 
     async def __aenter__(self) -> AsyncArserveClient:
         return self

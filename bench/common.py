@@ -83,18 +83,37 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve(model_dir: Path, threads: int = 1, cwd: Path = ROOT, **env: str) -> Iterator[str]:
-    """A real `uvicorn app.main:app` process serving model_dir on a free port; yields its base URL. `cwd`: the
-    source tree whose app/ it runs (another commit's, to measure a baseline beside this one)."""
+    """A real server process (`python -m app.serve`, the launcher `make serve` runs) serving model_dir on a free
+    port; yields its base URL. `cwd`: the source tree whose app/ it runs (another commit's, to measure a baseline
+    beside this one; a tree older than the launcher runs `uvicorn app.main:app`)."""
+    with server_process(model_dir, threads, cwd=cwd, **env) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def server_process(model_dir: Path, threads: int = 1, nofile: int | None = None, cwd: Path = ROOT,
+                   **env: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """serve(), yielding the process too (to signal it); `nofile` caps its file descriptors (soft and hard)."""
     import httpx
 
     port = free_port()
     environ = {**os.environ, "ARSERVE_MODEL_DIR": str(model_dir), "ARSERVE_LOG_LEVEL": "warning",
                "ARSERVE_ORT_INTRA_OP_THREADS": str(threads), "ARSERVE_TORCH_THREADS": str(threads),
                "OMP_NUM_THREADS": str(threads), **env}
-    cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
-           "--log-level", "warning", "--no-access-log"]
+    cmd = [sys.executable, "-m", "app.serve", "--host", "127.0.0.1", "--port", str(port)]
+    if not (Path(cwd) / "app" / "serve.py").is_file():  # a baseline tree from before the launcher
+        cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+               "--log-level", "warning", "--no-access-log"]
+
+    def limit_fds() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe nobody drains
-        proc = subprocess.Popen(cmd, cwd=cwd, env=environ, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=environ, stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=limit_fds if nofile else None)
+        proc.log = log  # its output so far: log.seek(0); log.read()
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 120
@@ -110,7 +129,7 @@ def serve(model_dir: Path, threads: int = 1, cwd: Path = ROOT, **env: str) -> It
                 if time.monotonic() > deadline:
                     raise RuntimeError("uvicorn did not become ready within 120 s")
                 time.sleep(0.1)
-            yield url
+            yield url, proc
         finally:
             proc.terminate()
             try:

@@ -194,7 +194,9 @@ def wavenet_figures(s: Served, session: Session) -> list[Figure]:
 def run(ctx: Context) -> list[Figure]:
     """Both sections against one server; the in-process backends use the server's thread count."""
     models = [Served.load(folder, ctx.threads) for folder in ctx.models()]
-    with serve(ctx.exported, ctx.threads) as url, ArserveClient(url, timeout=600) as client:
+    # one client drives every stream: the per-client cap (docs/security.md) must not count them as an attack
+    with (serve(ctx.exported, ctx.threads, ARSERVE_MAX_STREAMS_PER_CLIENT="32") as url,
+          ArserveClient(url, timeout=600) as client):
         session = Session(ctx, models, url, client)
         return run_served(session) + run_wavenet(session)
 

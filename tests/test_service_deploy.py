@@ -61,17 +61,19 @@ def test_dockerfile_shape():
 
 
 def test_image_command_is_the_readme_serve_command():
+    """`make serve` and the image run the same launcher (app/serve.py, its limits); make binds 127.0.0.1 unless
+    ARSERVE_HOST says otherwise, the image binds every interface of its container."""
     cmd = json.loads([a for w, a in dockerfile() if w == "CMD"][-1])
-    assert cmd[:2] == ["uvicorn", "app.main:app"]
-    opts = dict(zip(cmd[2::2], cmd[3::2], strict=True))
-    # `make serve` (the README's command) runs uvicorn app.main:app with host/port defaults 0.0.0.0:8000
+    assert cmd[:3] == ["python", "-m", "app.serve"]
+    assert dict(zip(cmd[3::2], cmd[4::2], strict=True)) == {"--host": "0.0.0.0", "--port": "8000"}
     recipe = re.search(r"^serve:.*\n\t(.+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
     assert "make serve" in (ROOT / "README.md").read_text()
     serve = shlex.split(recipe)
-    assert serve[0].endswith("uvicorn") and serve[1] == "app.main:app"
-    unescaped = [re.sub(r"\$\{\w+:-(.+)\}", r"\1", v.replace("$$", "$")) for v in serve[2:]]  # ${VAR:-default}
-    defaults = dict(zip(unescaped[::2], unescaped[1::2], strict=True))
-    assert opts == defaults == {"--host": "0.0.0.0", "--port": "8000"}
+    assert serve[0].endswith("python") and serve[1:] == ["-m", "app.serve"]
+    from app.runtime.config import Settings
+
+    defaults = Settings.model_fields
+    assert (defaults["host"].default, defaults["port"].default) == ("127.0.0.1", 8000)
 
 
 def test_compose_file_is_valid():
@@ -90,6 +92,8 @@ def test_compose_file_is_valid():
     assert all(k.startswith("ARSERVE_") for k in service["environment"])
     from app.runtime.config import Settings
 
+    drain = float(service["environment"].get("ARSERVE_DRAIN_S", Settings.model_fields["drain_s"].default))
+    assert _seconds(service["stop_grace_period"]) > drain + 2, "compose must wait longer than the drain"
     known = {f"ARSERVE_{name.upper()}" for name in Settings.model_fields}
     assert set(service["environment"]) <= known, "compose sets a variable the service does not read"
 
@@ -102,3 +106,11 @@ def test_image_takes_only_the_cpu_torch_build():
     torch_step = next(a for w, a in steps if w == "RUN" and "torch==" in a)
     assert '"torch==${TORCH_VERSION}+cpu"' in torch_step and "torch.version.cuda is None" in torch_step
     assert PYPROJECT_TORCH == [f"torch=={args['TORCH_VERSION']}"], "the image's torch is pyproject.toml's"
+
+
+def _seconds(duration: str | int | float) -> float:
+    """Compose durations: "20s", "1m30s", or nanoseconds as a number (the JSON config form)."""
+    if isinstance(duration, int | float):
+        return duration / 1e9
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1, "ms": 0.001}[u] for n, u in re.findall(r"([\d.]+)(ms|h|m|s)",
+                                                                                                 duration))

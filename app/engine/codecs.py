@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from app.engine.errors import invalid
+from app.engine.errors import invalid, quote
 from app.runtime.manifest import Manifest
 
 # ----- parsing: JSON -> token arrays ---------------------------------------------------------------------
@@ -74,27 +74,27 @@ def to_tokens(values: list, m: Manifest, field: str) -> np.ndarray:
         bad = ~np.isfinite(out)
         if bad.any():
             i = int(bad.argmax())
-            raise invalid(f"{field}[{i}]", f"value {values[i]!r} is not a finite float32")
+            raise invalid(f"{field}[{i}]", f"value {quote(values[i])} is not a finite float32")
         return out
     if arr.dtype.kind == "f":
         frac = ~np.isfinite(arr) | (arr != np.round(arr))
         if frac.any():
             i = int(frac.argmax())
-            raise invalid(f"{field}[{i}]", f"token {values[i]!r} is not an integer")
+            raise invalid(f"{field}[{i}]", f"token {quote(values[i])} is not an integer")
     V = m.vocab_size
     bad = (arr < 0) | (arr >= V)
     if bad.any():
         i = int(bad.argmax())
-        raise invalid(f"{field}[{i}]", f"token {values[i]!r} is outside the vocabulary [0, {V})")
+        raise invalid(f"{field}[{i}]", f"token {quote(values[i])} is outside the vocabulary [0, {V})")
     return arr.astype(np.int64)
 
 
 def _first_non_number(values: list, field: str) -> None:
     for i, v in enumerate(values):
         if not isinstance(v, int | float):
-            raise invalid(f"{field}[{i}]", f"expected a number, got {v!r}")
+            raise invalid(f"{field}[{i}]", f"expected a number, got {quote(v)}")
         if isinstance(v, int) and abs(v) >= 2**63:
-            raise invalid(f"{field}[{i}]", f"token {v} is out of range")
+            raise invalid(f"{field}[{i}]", f"token {quote(v)} is out of range")
     raise invalid(field, "expected a flat list of numbers")
 
 
@@ -105,7 +105,7 @@ def _number(s: str, field: str) -> int | float:
         try:
             return float(s)
         except ValueError:
-            raise invalid(field, f"{s!r} is not a number") from None
+            raise invalid(field, f"{quote(s)} is not a number") from None
 
 
 def _flatten_image(x: list, m: Manifest, field: str) -> list:
@@ -120,7 +120,7 @@ def _flatten_image(x: list, m: Manifest, field: str) -> list:
     flat = []
     for r, row in enumerate(x):
         if not isinstance(row, list) or len(row) != w:
-            got = f"{len(row)} values" if isinstance(row, list) else repr(row)
+            got = f"{len(row)} values" if isinstance(row, list) else quote(row)
             raise invalid(f"{field}[{r}]", f"row {r} must hold {w} pixels, got {got}")
         flat.extend(row)
     return flat

@@ -37,6 +37,12 @@ class Unavailable(EngineError):
     """The server cannot do it now: still loading, shutting down, a backend that failed, a timeout."""
 
 
+def quote(value, limit: int = 40) -> str:
+    """repr(value) cut to `limit` characters: an error message never echoes a big input back."""
+    text = repr(value[: limit + 1] if isinstance(value, str | bytes) else value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def invalid(field: str, message: str) -> InvalidInput:
     return InvalidInput("invalid_input", f"{field}: {message}", field)
 

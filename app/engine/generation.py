@@ -115,7 +115,7 @@ class Generation:
     def timings(self) -> dict[str, float]:
         end = self.finished or time.perf_counter()
         start, first = self.started or end, self.first_token or end
-        ms = lambda a, b: round(1000 * (b - a), 3)  # noqa: E731
+        ms = lambda a, b: round(1000 * max(0.0, b - a), 3)  # noqa: E731  (never negative, whatever the clock)
         n = len(self.tokens)
         return {
             "queued_ms": ms(self.created, start),

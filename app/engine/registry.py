@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +129,12 @@ class Registry:
 
     @property
     def ready(self) -> bool:
-        return self.loaded and bool(self.models)
+        """Loaded, serving a model, and (with ARSERVE_REQUIRE_ALL_MODELS) no folder skipped."""
+        return self.loaded and bool(self.models) and not (self.settings.require_all_models and self.skipped)
+
+    def skipped_reasons(self) -> dict[str, str]:
+        """Why each folder was skipped, with file paths cut to their last part (the log has them whole)."""
+        return {name: _PATH.sub(lambda m: m.group(1), why) for name, why in self.skipped.items()}
 
     def require_loaded(self) -> None:
         if not self.loaded:
@@ -139,9 +146,14 @@ class Registry:
             raise model_not_found(name, list(self.models))
         return self.models[name]
 
-    def close(self) -> None:
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop every worker, waiting `timeout` in all (they are daemon threads: a busy one dies with the process)."""
+        deadline = time.monotonic() + timeout
         for model in self.models.values():
             if model.worker.thread.is_alive():
-                model.worker.stop()
+                model.worker.stop(max(0.0, deadline - time.monotonic()))
             if model.scorer.thread.is_alive():
-                model.scorer.stop()
+                model.scorer.stop(max(0.0, deadline - time.monotonic()))
+
+
+_PATH = re.compile(r"(?<![\w.~])(?:[A-Za-z]:)?[/\\](?:[^\s'\"/\\]+[/\\])*([^\s'\"/\\]*)")

@@ -40,9 +40,13 @@ STATUS: dict[type[EngineError], int] = {InvalidInput: 422, LimitExceeded: 413, M
                                         Unavailable: 503}
 
 
+MAX_MESSAGE = 500  # characters; a longer engine message can only be quoting input (a backstop to errors.quote)
+
+
 def from_engine(exc: EngineError) -> APIError:
     headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
-    return APIError(STATUS.get(type(exc), 422), exc.code, exc.message, exc.field, headers)
+    message = exc.message if len(exc.message) <= MAX_MESSAGE else exc.message[: MAX_MESSAGE - 3] + "..."
+    return APIError(STATUS.get(type(exc), 422), exc.code, message, exc.field, headers)
 
 
 def field_name(loc: Sequence[Any]) -> str:
@@ -54,6 +58,21 @@ def field_name(loc: Sequence[Any]) -> str:
     return out or "body"
 
 
+MAX_LISTED = 5  # problems named in one message; the rest are counted
+MAX_QUOTED = 40  # characters of the caller's input quoted back at most
+
+
+def short(value: Any) -> str:
+    """repr(value), cut to MAX_QUOTED characters: an error never echoes a big input."""
+    text = repr(value[: MAX_QUOTED + 1] if isinstance(value, str | bytes) else value)
+    return text if len(text) <= MAX_QUOTED else text[: MAX_QUOTED - 3] + "..."
+
+
+def _listed(items: list[str]) -> str:
+    more = f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return ", ".join(items[:MAX_LISTED]) + more
+
+
 def _validation_error(exc: RequestValidationError) -> APIError:
     errors = exc.errors()
     for e in errors:
@@ -62,12 +81,30 @@ def _validation_error(exc: RequestValidationError) -> APIError:
             reason = (e.get("ctx") or {}).get("error", "invalid JSON")
             return APIError(422, "malformed_json", f"body: not valid JSON ({reason} at character {where})", "body")
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    field = field_name(first["loc"])
+    field = field_name(first["loc"])[:MAX_QUOTED]
+    extra = [field_name(e["loc"])[:MAX_QUOTED] for e in errors if e.get("type") == "extra_forbidden"]
     parts = []
+    if len(extra) > 1:  # unknown fields: one line, however many
+        parts.append(f"unknown fields {_listed(extra)}: not permitted")
     for e in errors:
-        got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict | list) else ""
-        parts.append(f"{field_name(e['loc'])}: {e['msg']}{got}")
-    return APIError(422, "invalid_request", "; ".join(parts), field)
+        if len(extra) > 1 and e.get("type") == "extra_forbidden":
+            continue
+        got = f" (got {short(e['input'])})" if "input" in e and not isinstance(e["input"], dict | list) else ""
+        parts.append(f"{field_name(e['loc'])[:MAX_QUOTED]}: {e['msg'][:200]}{got}")
+    more = f"; and {len(parts) - MAX_LISTED} more problems" if len(parts) > MAX_LISTED else ""
+    return APIError(422, "invalid_request", "; ".join(parts[:MAX_LISTED]) + more, field)
+
+
+class HTTPAPIError(StarletteHTTPException):
+    """An APIError that must pass FastAPI's body reading, which turns any other exception into a bare 400."""
+
+    def __init__(self, err: APIError):
+        super().__init__(err.status, err.message, err.headers)
+        self.api_error = err
+
+
+def as_http(err: APIError) -> HTTPAPIError:
+    return HTTPAPIError(err)
 
 
 # Routes of the OpenAI-compatible surface answer errors in OpenAI's shape, {"error": {"message", "type", "param",
@@ -105,8 +142,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, HTTPAPIError):
+            return _json(exc.api_error)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _json(APIError(exc.status_code, code, str(exc.detail), headers=exc.headers), request)
+        return _json(APIError(exc.status_code, code, str(exc.detail)[:200], headers=exc.headers), request)
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:

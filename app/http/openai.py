@@ -425,8 +425,10 @@ async def _stream(completion: Completion, samples: Samples, settings: Settings) 
     try:
         while not all(completion.closed):
             try:
-                items = samples.drain() or [
-                    await asyncio.wait_for(samples.get(), min(settings.keepalive_s, deadline - loop.time()))]
+                items = samples.drain()
+                if not items:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow an outer cancellation
+                    async with asyncio.timeout(min(settings.keepalive_s, deadline - loop.time())):
+                        items = [await samples.get()]
             except TimeoutError:
                 if loop.time() < deadline:
                     yield b": keep-alive\n\n"

@@ -101,3 +101,46 @@ class SampleMany(BaseModel):
 
 class ModelsResponse(BaseModel):
     models: list[dict[str, Any]]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable, for programs: invalid_input, limit_exceeded, unauthorized, ...")
+    message: str = Field(description="for people: names the field (and position) to blame")
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx and 503 answer (readiness adds `skipped`)."""
+
+    model_config = ConfigDict(extra="allow")
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorResponse, "description": "the caller's mistake, or over a limit"},
+    503: {"model": ErrorResponse, "description": "not ready, busy or shutting down (Retry-After)"},
+}
+
+
+class TokenEvent(BaseModel):
+    """The data of a GET /sample `token` event."""
+
+    index: int = Field(description="position (after the prefix) of the first token of this event")
+    tokens: list[int | float]
+    logprobs: list[float | None]
+    text: str | None = None
+
+
+def event_stream_schema() -> dict[str, Any]:
+    """One Server-Sent Event of GET /sample as OpenAPI 3.1 describes an event-stream item: its name, and its data
+    as JSON of the matching shape (token: TokenEvent, done: SampleDone, error: ErrorResponse)."""
+    token = TokenEvent.model_json_schema()
+    shapes = [token, {"$ref": "#/components/schemas/SampleDone"}, {"$ref": "#/components/schemas/ErrorResponse"}]
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string", "enum": ["token", "done", "error"]},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": {"anyOf": shapes}},
+        },
+    }

@@ -181,21 +181,28 @@ def check_n(n: int, field: str, settings: Settings) -> None:
 
 
 class StreamSlots:
-    """Admission control: at most max_concurrent_streams generations at once, server-wide; the rest get 429.
-    A request for n samples takes n slots."""
+    """Admission control: at most max_concurrent_streams generations at once, server-wide, and at most
+    max_streams_per_client from one client address; the rest get 429. A request for n samples takes n slots."""
 
     def __init__(self, settings: Settings, metrics: Metrics):
         self.limit, self.retry_after, self.metrics = settings.max_concurrent_streams, settings.retry_after_s, metrics
+        self.per_client = settings.max_streams_per_client
         self.active = 0  # touched only on the event loop
+        self.by_client: dict[str, int] = {}
 
-    def acquire(self, model: str, n: int = 1) -> Callable[[], None]:
+    def acquire(self, model: str, client: str = "", n: int = 1) -> Callable[[], None]:
         if n > self.limit:
             raise too_large("n", f"{n} samples at once exceed the server's limit ARSERVE_MAX_CONCURRENT_STREAMS="
                                  f"{self.limit}")
         if self.active + n > self.limit:
             raise busy(f"{self.active} sample streams are running, the server's limit "
                        f"(ARSERVE_MAX_CONCURRENT_STREAMS={self.limit}); retry later", self.retry_after)
+        if self.by_client.get(client, 0) + n > self.per_client:
+            raise busy(f"{self.by_client.get(client, 0)} sample streams of this client are running, the per-client "
+                       f"limit (ARSERVE_MAX_STREAMS_PER_CLIENT={self.per_client}); retry later", self.retry_after,
+                       "too_many_client_streams")
         self.active += n
+        self.by_client[client] = self.by_client.get(client, 0) + n
         gauge = self.metrics.active_streams.labels(model)
         gauge.inc(n)
         released = False
@@ -205,6 +212,9 @@ class StreamSlots:
             if not released:
                 released = True
                 self.active -= n
+                self.by_client[client] -= n
+                if not self.by_client[client]:
+                    del self.by_client[client]
                 gauge.dec(n)
 
         return release
@@ -286,8 +296,10 @@ async def events(job: SampleJob, samples: Samples, settings: Settings) -> AsyncI
     try:
         while True:
             try:
-                items = samples.drain() or [
-                    await asyncio.wait_for(samples.get(), min(settings.keepalive_s, deadline - loop.time()))]
+                items = samples.drain()
+                if not items:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow an outer cancellation
+                    async with asyncio.timeout(min(settings.keepalive_s, deadline - loop.time())):
+                        items = [await samples.get()]
             except TimeoutError:
                 if loop.time() < deadline:
                     yield sse.comment("keep-alive")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
+
+from app.http.drain import CLOSE_GRACE_S, Drain
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of the stream
 
@@ -21,15 +25,43 @@ def comment(text: str) -> bytes:
     return f": {text}\n\n".encode()
 
 
+def error(code: str, message: str) -> bytes:
+    return event("error", {"error": {"code": code, "message": message}})
+
+
 class EventStreamResponse(StreamingResponse):
     """A text/event-stream response whose clean-up always runs: when the stream ends, fails, or the client
-    goes away (Starlette then cancels the sender, possibly before the generator's own `finally` ran)."""
+    goes away (Starlette then cancels the sender, possibly before the generator's own `finally` ran).
+
+    Two bounds end it early with an error event: a write that waits on the reader longer than `stall_s` (the
+    socket buffers are full: the client stopped reading), and the drain deadline at shutdown. The slot is freed
+    first; the error event then gets CLOSE_GRACE_S to leave, and a reader that still does not read loses it
+    (app/http/connections.py aborts such a connection)."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None]):
+    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None], stall_s: float, drain: Drain):
         super().__init__(content, headers=HEADERS)
-        self.on_close = on_close
+        self.on_close, self.stall_s, self.drain = on_close, stall_s, drain
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        try:
+            async with self.drain.deadline():
+                async for chunk in self.body_iterator:
+                    async with asyncio.timeout(self.stall_s):
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except TimeoutError:
+            if self.drain.expired:
+                last = error("shutting_down", "the server is shutting down")
+            else:
+                last = error("stalled", f"the reader fell behind for ARSERVE_STREAM_STALL_S={self.stall_s:g}s")
+            self.on_close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_GRACE_S):
+                    await send({"type": "http.response.body", "body": last, "more_body": False})
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

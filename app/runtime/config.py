@@ -40,12 +40,47 @@ class Settings(BaseSettings):
     score_chunk_positions: int = Field(32768, ge=1)  # most positions in one log_prob call: bounds its memory
     score_batch_rows: int = Field(64, ge=1)  # most rows (from any number of requests) merged into one log_prob call
     score_batch_delay_ms: float = Field(0.0, ge=0, le=1000)  # wait this long for company before scoring a lone request
+    # ----- hardening (docs/security.md) -----
+    host: str = "127.0.0.1"  # `python -m app.serve` binds here; 0.0.0.0 exposes it (the container does)
+    port: int = Field(8000, ge=0, le=65535)  # `python -m app.serve` listens here
+    api_keys: str = ""  # comma-separated bearer tokens; set (or api_keys_file), every model route needs one
+    api_keys_file: Path | None = None  # a file of bearer tokens, one per line (# comments and blank lines skipped)
+    metrics_require_key: bool = False  # true: /metrics needs a key too (/healthz and /readyz never do)
+    docs: bool = True  # false: no /docs, /redoc, /openapi.json
+    cors_origins: str = ""  # comma-separated origins allowed by CORS ("*" for any); empty = CORS off
+    max_body_bytes: int = Field(8 * 2**20, ge=1024)  # request body cap (413), checked while reading
+    body_timeout_s: float = Field(30.0, gt=0)  # longest a request body may take to arrive (408)
+    max_connections: int = Field(1000, ge=1)  # open connections at most (capped below the fd limit at start)
+    keep_alive_s: float = Field(5.0, gt=0)  # an idle keep-alive connection is closed after this
+    header_timeout_s: float = Field(10.0, gt=0)  # a connection must send a request's headers within this
+    max_streams_per_client: int = Field(8, ge=1)  # GET and POST /sample running at once per client address
+    trusted_proxies: str = ""  # comma-separated IPs/CIDRs whose X-Forwarded-For names the client
+    stream_stall_s: float = Field(30.0, gt=0)  # a stream whose reader blocks it this long ends (error `stalled`)
+    drain_s: float = Field(10.0, ge=0)  # on SIGTERM, running requests get this long before `shutting_down`
+    require_all_models: bool = False  # true: /readyz stays 503 while any model folder was skipped
 
     def backend_for(self, model: str) -> BackendName:
         return self.model_backends.get(model, self.default_backend)
 
     def scored_positions_for(self, model: str) -> int:
         return self.model_max_scored_positions.get(model, self.max_scored_positions)
+
+    def api_key_list(self) -> list[str]:
+        keys = _split(self.api_keys)
+        if self.api_keys_file is not None:
+            lines = self.api_keys_file.read_text().splitlines()
+            keys += [k.strip() for k in lines if k.strip() and not k.lstrip().startswith("#")]
+        return keys
+
+    def cors_origin_list(self) -> list[str]:
+        return _split(self.cors_origins)
+
+    def trusted_proxy_list(self) -> list[str]:
+        return _split(self.trusted_proxies)
+
+
+def _split(csv: str) -> list[str]:
+    return [s.strip() for s in csv.split(",") if s.strip()]
 
 
 @lru_cache

@@ -1,0 +1,152 @@
+"""A bounded soak: mixed load on a real server (`python -m app.serve`) for some minutes, the server's RSS sampled.
+
+    python -m bench.soak                  # 5 minutes on the shipped models in exported/
+    python -m bench.soak --minutes 3 --out bench/results/soak.json
+
+The mix, from `--clients` threads each looping until the deadline: streams read to the end, streams dropped
+after a few events, POST /sample, POST /logprob of 1-8 inputs, /models, /metrics, and bad requests (unknown
+model, a malformed body, a body over ARSERVE_MAX_BODY_BYTES). It prints RSS every `--every` seconds, then a
+summary: requests by status, 5xx count, RSS after warm-up (first sample after the first minute, or a fifth of the
+run) and at the end. The figure that matters is the growth after warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+from bench.common import ROOT, server_process
+
+TEXT = {"lstm-shakespeare", "transformer-shakespeare", "attnrnn-shakespeare", "finite-shakespeare"}
+IMAGES = {"nade-mnist", "fvsbn-mnist", "made2000-mnist"}  # the cheap image models
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Load(threading.Thread):
+    def __init__(self, url: str, deadline: float, seed: int, models: list[str], statuses: Counter,
+                 lock: threading.Lock):
+        super().__init__(daemon=True)
+        self.url, self.deadline, self.rng, self.models = url, deadline, random.Random(seed), models
+        self.statuses, self.lock = statuses, lock
+
+    def count(self, status: int | str) -> None:
+        with self.lock:
+            self.statuses[status] += 1
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=60) as http:
+            while time.monotonic() < self.deadline:
+                action = self.rng.choice([self.stream, self.stream_dropped, self.generate, self.score, self.score,
+                                          self.cheap, self.bad])
+                try:
+                    action(http)
+                except httpx.HTTPError as e:
+                    self.count(type(e).__name__)
+
+    def text_model(self) -> str:
+        return self.rng.choice(sorted(TEXT & set(self.models)))
+
+    def stream(self, http: httpx.Client) -> None:
+        params = {"model": self.text_model(), "max_len": self.rng.randint(16, 200), "chunk": self.rng.choice([1, 8])}
+        with http.stream("GET", "/sample", params=params) as r:
+            for _ in r.iter_bytes():
+                pass
+        self.count(r.status_code)
+
+    def stream_dropped(self, http: httpx.Client) -> None:
+        with http.stream("GET", "/sample", params={"model": self.text_model(), "max_len": 1000}) as r:
+            for i, _ in enumerate(r.iter_lines()):
+                if i > 10:
+                    break
+        self.count(r.status_code)
+
+    def generate(self, http: httpx.Client) -> None:
+        model = self.rng.choice(sorted((IMAGES | TEXT) & set(self.models)))
+        body = {"model": model, "seed": self.rng.randrange(2**31)}
+        if model in TEXT:
+            body["max_len"] = 64
+        self.count(http.post("/sample", json=body).status_code)
+
+    def score(self, http: httpx.Client) -> None:
+        if self.rng.random() < 0.5:
+            inputs = ["".join(self.rng.choice("abcdefgh ") for _ in range(self.rng.randint(10, 256)))
+                      for _ in range(self.rng.randint(1, 8))]
+            body = {"model": self.text_model(), "inputs": inputs, "per_position": self.rng.random() < 0.3}
+        else:
+            inputs = [[self.rng.randint(0, 1) for _ in range(784)] for _ in range(self.rng.randint(1, 8))]
+            body = {"model": self.rng.choice(sorted(IMAGES & set(self.models))), "inputs": inputs}
+        self.count(http.post("/logprob", json=body).status_code)
+
+    def cheap(self, http: httpx.Client) -> None:
+        self.count(http.get(self.rng.choice(["/models", "/metrics", "/healthz", "/readyz"])).status_code)
+
+    def bad(self, http: httpx.Client) -> None:
+        kind = self.rng.randrange(3)
+        if kind == 0:
+            r = http.post("/logprob", json={"model": "nope", "inputs": [[0]]})
+        elif kind == 1:
+            r = http.post("/logprob", content=b'{"model": "nade-mnist", "inputs": [[0, 1',
+                          headers={"content-type": "application/json"})
+        else:
+            r = http.post("/logprob", content=b"[" + b"0," * (5 * 2**20) + b"0]",
+                          headers={"content-type": "application/json"})  # 10 MB: over the default 8 MiB cap
+        self.count(r.status_code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=5.0)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--every", type=float, default=15.0, help="seconds between RSS samples")
+    ap.add_argument("--exported", type=Path, default=ROOT / "exported")
+    ap.add_argument("--out", type=Path, help="write the samples and the summary as JSON here")
+    args = ap.parse_args(argv)
+
+    statuses: Counter = Counter()
+    lock = threading.Lock()
+    samples: list[tuple[float, float]] = []
+    with server_process(args.exported, threads=1, ARSERVE_MAX_CONCURRENT_STREAMS="16") as (url, proc):
+        models = [m["name"] for m in httpx.get(f"{url}/models", timeout=30).json()["models"]]
+        start = time.monotonic()
+        deadline = start + 60 * args.minutes
+        clients = [Load(url, deadline, seed, models, statuses, lock) for seed in range(args.clients)]
+        for c in clients:
+            c.start()
+        samples.append((0.0, rss_mb(proc.pid)))
+        print(f"{'t (s)':>7} {'RSS (MB)':>9} {'requests':>9}")
+        while time.monotonic() < deadline:
+            time.sleep(min(args.every, max(0.0, deadline - time.monotonic())))
+            t = time.monotonic() - start
+            samples.append((t, rss_mb(proc.pid)))
+            print(f"{t:7.0f} {samples[-1][1]:9.1f} {sum(statuses.values()):9d}", flush=True)
+        for c in clients:
+            c.join(120)
+    warm_at = min(60.0, 60 * args.minutes / 5)
+    warm = next(rss for t, rss in samples if t >= warm_at)
+    end = samples[-1][1]
+    server_errors = sum(n for s, n in statuses.items() if isinstance(s, int) and s >= 500)
+    summary = {"minutes": args.minutes, "clients": args.clients, "requests": sum(statuses.values()),
+               "statuses": {str(k): v for k, v in sorted(statuses.items(), key=str)}, "server_errors": server_errors,
+               "rss_start_mb": round(samples[0][1], 1), "rss_after_warmup_mb": round(warm, 1),
+               "rss_end_mb": round(end, 1), "rss_growth_after_warmup_mb": round(end - warm, 1),
+               "rss_max_mb": round(max(r for _, r in samples), 1)}
+    print(json.dumps(summary, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps({"summary": summary, "samples": samples}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
