@@ -29,6 +29,7 @@ from app.engine.errors import invalid, too_large
 from app.engine.generation import SampleSpec
 from app.engine.registry import Registry, ServedModel
 from app.http import service
+from app.http.bodies import JSONRoute
 from app.http.errors import APIError
 from app.http.openai_schemas import CompletionRequest, DetokenizeRequest, TokenizeRequest
 from app.http.routes import RegistryDep, SettingsDep
@@ -38,7 +39,7 @@ from app.http.sse import EventStreamResponse
 from app.runtime.config import Settings
 from app.runtime.manifest import Manifest
 
-router = APIRouter()
+router = APIRouter(route_class=JSONRoute)  # bounded bodies (app/http/bodies.py)
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default when max_tokens is not sent
 
@@ -360,17 +361,19 @@ async def completions(req: CompletionRequest, request: Request, registry: Regist
     if not completion.needs_steps:
         pieces = completion.finish_without_steps()
         if req.stream:
-            return EventStreamResponse(_replay(completion, pieces), on_close=lambda: None)
+            return EventStreamResponse(_replay(completion, pieces), on_close=lambda: None,
+                                       stall_s=settings.stream_stall_s, drain=request.app.state.drain)
         return completion.envelope(completion.merged(pieces)) | {"usage": completion.usage()}
     rows = len(completion.progress)
-    release = request.app.state.slots.acquire(completion.m.name, rows)  # 429 before anything starts
+    release = request.app.state.slots.acquire(completion.m.name, request.state.client, rows)  # 429 before starting
     try:
         samples = completion.start()
     except BaseException:
         release()
         raise
     if req.stream:
-        return EventStreamResponse(_stream(completion, samples, settings), on_close=release)
+        return EventStreamResponse(_stream(completion, samples, settings), on_close=release,
+                                   stall_s=settings.stream_stall_s, drain=request.app.state.drain)
     try:
         pieces = await _collect(completion, samples, settings)
     finally:

@@ -190,7 +190,7 @@ class StreamSlots:
         self.active = 0  # touched only on the event loop
         self.by_client: dict[str, int] = {}
 
-    def acquire(self, model: str, client: str = "", n: int = 1) -> Callable[[], None]:
+    def acquire(self, model: str, client: str, n: int = 1) -> Callable[[], None]:
         if n > self.limit:
             raise too_large("n", f"{n} samples at once exceed the server's limit ARSERVE_MAX_CONCURRENT_STREAMS="
                                  f"{self.limit}")
