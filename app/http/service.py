@@ -62,7 +62,7 @@ async def logprob(req: LogprobRequest, model: ServedModel, settings: Settings) -
         if req.per_position:
             r["per_position"] = s.per_position
         results.append(r)
-    return {"model": model.name, "backend": backend, "results": results}
+    return {"model": model.name, "revision": model.revision, "backend": backend, "results": results}
 
 
 def _timeout(settings: Settings) -> EngineError:
@@ -219,6 +219,7 @@ class Reader:
         full = np.concatenate([spec.prefix, np.asarray(p.tokens, dtype=m.token_dtype)])
         out = {
             "model": m.name,
+            "revision": self.job.model.revision,
             "backend": self.job.backend,
             "tokens": list(p.tokens),
             "logprob": math.fsum(p.logprobs),

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     ort_intra_op_threads: int = Field(1, ge=0)  # ONNX Runtime threads per session (0 = one per core)
     torch_threads: int = Field(1, ge=1)  # torch.set_num_threads for the TorchScript backend
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Conformance checks (app/engine/verify.py, FAST budget) on each backend as it loads: a model that fails is
+    # refused, its property named in the log and in /readyz's "skipped". "off" trusts the artifacts.
+    verify_on_load: Literal["fast", "off"] = "fast"
 
     def backend_for(self, model: str) -> BackendName:
         return self.model_backends.get(model, self.default_backend)
