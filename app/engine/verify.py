@@ -204,7 +204,11 @@ def _guard(name: str, fn: Callable[[], Check]) -> Check:
     try:
         return fn()
     except Exception as e:  # an artifact may fail in any way; the report names the property and the error
-        return Check(name, False, detail=f"raised {type(e).__name__}: {str(e).strip()[:400]}")
+        return Check(name, False, detail=f"raised {_one_line(e)}")
+
+
+def _one_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"[:400]
 
 
 # ----- the properties ---------------------------------------------------------------------------------
@@ -233,7 +237,7 @@ def check_state(backend: Backend, m: Manifest) -> Check:
     try:
         params, new = backend.step(np.zeros(B, dtype=m.token_dtype), np.array([0, 1], dtype=np.int64), state)
     except Exception as e:
-        problems.append(f"step refuses the declared state: {type(e).__name__}: {str(e).strip()[:300]}")
+        problems.append(f"step refuses the declared state: {_one_line(e)}")
     else:
         problems += state_problems(m, new, B, "step")
         if tuple(np.shape(params)) != (B, m.num_params):
