@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 V, L = 4, 16  # vocabulary ("acgt") and maximum length of the hand-made model
@@ -136,30 +137,12 @@ def served(hand_made):
                              str(port), "--log-level", "warning"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        ready = _wait_ready(proc, url, hand_made / "serve.log")
+        ready = wait_ready(proc, url, hand_made / "serve.log")
         yield url, ready
     finally:
         proc.terminate()
         proc.wait(20)
         log.close()
-
-
-def _wait_ready(proc, url: str, log: Path) -> dict:
-    import time
-
-    import httpx
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"arserve serve exited {proc.returncode}:\n{log.read_text()}"
-        try:
-            r = httpx.get(f"{url}/readyz", timeout=2)
-            if r.status_code == 200:
-                return r.json()
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"arserve serve not ready after 120 s:\n{log.read_text()}")
 
 
 def _verify_json(folder: Path, *flags: str) -> tuple[int, dict]:
