@@ -19,6 +19,8 @@ from arserve_cli.main import build_parser  # noqa: E402
 PAGE = ROOT / "docs" / "cli.md"
 INTRO = """# The `arserve` command
 
+← [arserve](../README.md)
+
 One command with subcommands, installed with the project (`pip install -e .` puts `arserve` on the PATH;
 `python -m arserve_cli` is the same). `serve`, `sample`, `score`, `models` and `verify` need only the service's
 dependencies; `train` and `export` also need torch and the training code in `models/` (a missing one exits 5,
