@@ -331,7 +331,7 @@ def _integrates_to_one(backend: Backend, w: Walk, probes: list[int], p: Plan, po
 def check_batching(backend: Backend, m: Manifest, walks: list[Walk], p: Plan) -> Check:
     """Rows resumed from states saved at different positions, stepped together, against their own walks."""
     rows = [(walks[s], start) for s, start in p.offsets]
-    state = [np.concatenate([w.states[start][k] for w, start in rows]) for k in range(len(m.state))]
+    state = [np.concatenate(parts) for parts in zip(*(w.states[start] for w, start in rows), strict=True)]
     worst, first_bad = 0.0, None
     for t in range(p.span):
         pos = np.array([start + t for _, start in rows], dtype=np.int64)  # (R,) every row at its own position
