@@ -199,6 +199,9 @@ async def test_every_answer_about_a_model_carries_its_revision(client, artifacts
     r = await client.post("/logprob", json={"model": "tiny-nade", "inputs": [[7]]})  # refused, still this model's
     assert r.status_code == 422 and r.headers["x-model-revision"] == revision
     assert "x-model-revision" not in (await client.get("/healthz")).headers
+    lstm = hashlib.sha256((artifacts / "tiny-lstm" / "manifest.json").read_bytes()).hexdigest()[:12]
+    r = await client.post("/v1/completions", json={"model": "tiny-lstm", "prompt": "ab", "max_tokens": 2, "seed": 0})
+    assert r.status_code == 200 and r.headers["x-model-revision"] == lstm  # the OpenAI-compatible routes too
 
 
 def test_a_replaced_model_gets_a_new_revision(artifacts, tmp_path):
