@@ -154,3 +154,22 @@ def prefix_params(family: str) -> tuple[dict, list]:
     if model.variable_length and family != "wavenet":
         return {"prompt": "ba"}, [1, 0]
     return {"prefix": "1,0"}, [1, 0]
+
+
+def wait_ready(proc, url: str, log: Path, timeout: float = 120) -> dict:
+    """Wait for a server process started by a test to answer /readyz 200; its body. Fails with the log."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the server exited {proc.returncode}:\n{log.read_text()}"
+        try:
+            r = httpx.get(f"{url}/readyz", timeout=2)
+            if r.status_code == 200:
+                return r.json()
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"the server was not ready after {timeout:g} s:\n{log.read_text()}")

@@ -3,7 +3,9 @@ streams (app/engine/worker.py) and its own scoring thread for POST /logprob (app
 
 A folder that cannot be trusted (no manifest, invalid manifest, sha256 mismatch, a backend that fails to
 load) is logged and skipped; the others are served. Each model's configured backend is loaded at startup;
-the other one on the first request that asks for it, on the thread that serves it.
+the other one on the first request that asks for it, on the thread that serves it. Each backend is checked for
+conformance as it loads (app/engine/verify.py, unless ARSERVE_VERIFY_ON_LOAD=off): an artifact that is not a
+correct autoregressive model is refused with the property it fails.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from typing import Any
 
 from app.engine.errors import invalid, model_not_found, unavailable
 from app.engine.scoring import Scorer
+from app.engine.verify import FAST, verify_backend
 from app.engine.worker import ModelWorker
 from app.runtime import backends
 from app.runtime.backends import Backend
 from app.runtime.config import BackendName, Settings
-from app.runtime.manifest import ArtifactError, Manifest, load_manifest
+from app.runtime.manifest import ArtifactError, Manifest, load_manifest, revision
 from app.runtime.metrics import Metrics
 
 log = logging.getLogger("arserve")
@@ -32,6 +35,7 @@ class ServedModel:
     def __init__(self, folder: Path, manifest: Manifest, settings: Settings, metrics: Metrics):
         self.folder, self.manifest, self.settings = folder, manifest, settings
         self.name = manifest.name
+        self.revision = revision(folder)  # in /models and every response: a replaced model is never silently new
         self.available = backends.available(manifest)
         self.default_backend = settings.backend_for(self.name)
         if self.default_backend not in self.available:
@@ -47,18 +51,27 @@ class ServedModel:
     def backend(self, name: str) -> Backend:
         with self._lock:
             if name not in self._backends:
-                threads = self.settings.ort_intra_op_threads if name == "onnx" else self.settings.torch_threads
-                try:
-                    self._backends[name] = backends.load(name, self.folder, self.manifest, threads)
-                except backends.MissingDependency as e:  # the same for every model: no traceback
-                    log.error("cannot load the %s backend of %s: %s", name, self.name, e)
-                    raise unavailable("backend_unavailable", f"backend: {name} cannot load for {self.name}: {e}",
-                                      field="backend") from None
-                except Exception as e:
-                    log.exception("cannot load the %s backend of %s", name, self.name)
-                    raise unavailable("backend_unavailable", f"backend: {name} failed to load for {self.name}: {e}",
-                                      field="backend") from None
+                self._backends[name] = self._load(name)
             return self._backends[name]
+
+    def _load(self, name: str) -> Backend:
+        threads = self.settings.ort_intra_op_threads if name == "onnx" else self.settings.torch_threads
+        try:
+            backend = backends.load(name, self.folder, self.manifest, threads)
+        except backends.MissingDependency as e:  # the same for every model: no traceback
+            log.error("cannot load the %s backend of %s: %s", name, self.name, e)
+            raise unavailable("backend_unavailable", f"backend: {name} cannot load for {self.name}: {e}",
+                              field="backend") from None
+        except Exception as e:
+            log.exception("cannot load the %s backend of %s", name, self.name)
+            raise unavailable("backend_unavailable", f"backend: {name} failed to load for {self.name}: {e}",
+                              field="backend") from None
+        if self.settings.verify_on_load == "fast":
+            report = verify_backend(backend, self.manifest, FAST, why_no_data="not checked at load")
+            if not report.ok:
+                log.error("refusing %s: %s", self.folder, report.message())
+                raise unavailable("nonconforming_model", f"backend: {report.message()}", field="backend")
+        return backend
 
     def pick_backend(self, requested: BackendName | None) -> BackendName:
         name = requested or self.default_backend
@@ -72,6 +85,7 @@ class ServedModel:
         out["training"] = _without_paths(out["training"])
         out["metrics"] = _without_paths(out["metrics"])
         out["backends"] = self.available
+        out["revision"] = self.revision
         out["default_backend"] = self.default_backend
         return out
 

@@ -1,4 +1,5 @@
-"""ASGI middleware: every request counted and timed in the app's Prometheus metrics."""
+"""ASGI middleware: every request counted and timed in the app's Prometheus metrics; every answer about a model
+carries its revision in the X-Model-Revision header."""
 
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ class MetricsMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                revision = scope.get("state", {}).get("revision")  # set by the route that resolved the model
+                if revision:
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      (b"x-model-revision", revision.encode())]}
             await send(message)
 
         try:

@@ -74,6 +74,7 @@ def text_model(request: Request, registry: Registry, name: str) -> ServedModel:
         raise APIError(404, "model_not_supported", f"model: {name} is a {model.manifest.modality} model; /v1 serves "
                                                    f"text models only (use GET /sample or POST /logprob)", "model")
     request.state.model = name  # the metrics label
+    request.state.revision = model.revision  # the X-Model-Revision header (app/http/middleware.py)
     return model
 
 

@@ -47,6 +47,7 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 def _model(request: Request, registry: Registry, name: str) -> ServedModel:
     model = registry.get(name)  # 404 / 503 before anything else
     request.state.model = name  # the metrics label, set only for models that exist
+    request.state.revision = model.revision  # the X-Model-Revision header (app/http/middleware.py)
     return model
 
 

@@ -74,12 +74,14 @@ class LogprobResult(BaseModel):
 
 class LogprobResponse(BaseModel):
     model: str
+    revision: str = Field(description="short hash of the model's manifest and files (also the X-Model-Revision header)")
     backend: BackendName
     results: list[LogprobResult]
 
 
 class SampleDone(BaseModel):
     model: str
+    revision: str = Field(description="short hash of the model's manifest and files")
     backend: BackendName
     tokens: list[int | float] = Field(description="the generated tokens (the prefix excluded)")
     logprob: float = Field(description="sum of the generated tokens' log-probs under the untempered model")

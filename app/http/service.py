@@ -96,7 +96,8 @@ async def _score(model: ServedModel, backend: BackendName, xs: list[np.ndarray] 
         scores = await model.scorer.score(backend, xs, prefix_len, per_position, settings.request_timeout_s)
     except TimeoutError:
         raise _timeout(settings) from None
-    return {"model": model.name, "backend": backend, "results": [_result(s, per_position) for s in scores]}
+    return {"model": model.name, "revision": model.revision, "backend": backend,
+            "results": [_result(s, per_position) for s in scores]}
 
 
 def _result(s: Score, per_position: bool) -> dict:
@@ -270,6 +271,7 @@ class Reader:
         full = np.concatenate([spec.prefix, np.asarray(p.tokens, dtype=m.token_dtype)])
         out = {
             "model": m.name,
+            "revision": self.job.model.revision,
             "backend": self.job.backend,
             "tokens": list(p.tokens),
             "logprob": math.fsum(p.logprobs),

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     stream_stall_s: float = Field(30.0, gt=0)  # a stream whose reader blocks it this long ends (error `stalled`)
     drain_s: float = Field(10.0, ge=0)  # on SIGTERM, running requests get this long before `shutting_down`
     require_all_models: bool = False  # true: /readyz stays 503 while any model folder was skipped
+    # Conformance checks (app/engine/verify.py, FAST budget) on each backend as it loads: a model that fails is
+    # refused, its property named in the log and in /readyz's "skipped". "off" trusts the artifacts.
+    verify_on_load: Literal["fast", "off"] = "fast"
 
     def backend_for(self, model: str) -> BackendName:
         return self.model_backends.get(model, self.default_backend)

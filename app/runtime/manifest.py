@@ -128,3 +128,8 @@ def load_manifest(folder: str | Path, verify: bool = True) -> Manifest:
             if f.stat().st_size != entry.bytes or sha256_file(f) != entry.sha256:
                 raise ArtifactError(f"{f}: sha256 mismatch (the file was changed or corrupted)")
     return manifest
+
+
+def revision(folder: str | Path) -> str:
+    """A short hash of manifest.json, which holds the sha256 of every file: a replaced model gets a new one."""
+    return hashlib.sha256((Path(folder) / MANIFEST).read_bytes()).hexdigest()[:12]

@@ -1,0 +1,5 @@
+import sys
+
+from arserve_cli.main import main
+
+sys.exit(main())
