@@ -1,4 +1,4 @@
-"""`arserve serve`: what `make serve` runs (uvicorn app.main:app), with the service's settings as flags too."""
+"""`arserve serve`: what `make serve` runs (python -m app.serve), with the service's settings as flags too."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 from arserve_cli.errors import need
 
 EXAMPLES = """examples:
-  arserve serve                                        # ./exported on 0.0.0.0:8000, as `make serve`
+  arserve serve                                        # ./exported on 127.0.0.1:8000, as `make serve`
   arserve serve --model-dir my-models --host 127.0.0.1 --port 8001
   arserve serve --workers 4 --verify-on-load off       # four processes; trust the artifacts
 
@@ -23,9 +23,10 @@ def add_commands(sub, formatter) -> None:
                        epilog=EXAMPLES, formatter_class=formatter)
     p.add_argument("--model-dir", help="folder of exported models, one sub-folder each (ARSERVE_MODEL_DIR; "
                                        "default ./exported)")
-    p.add_argument("--host", help="address to bind (ARSERVE_HOST; default 0.0.0.0)")
+    p.add_argument("--host", help="address to bind (ARSERVE_HOST; default 127.0.0.1; 0.0.0.0 exposes it)")
     p.add_argument("--port", type=int, help="port to bind (ARSERVE_PORT; default 8000)")
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes, each loads every model "
+    p.add_argument("--workers", type=int, default=1, help="server processes, each loads every model; 1 runs make "
+                                                         "serve's launcher with its connection guards "
                                                          "(%(default)s)")
     p.add_argument("--backend", choices=["onnx", "torchscript"], help="default backend (ARSERVE_DEFAULT_BACKEND)")
     p.add_argument("--verify-on-load", choices=["fast", "off"],
@@ -46,9 +47,15 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[var] = str(value)
     uvicorn = need("uvicorn", "arserve serve")
-    # The import string, not the app object: uvicorn's workers each import it (and read the settings) themselves.
-    host = args.host or os.environ.get("ARSERVE_HOST", "0.0.0.0")
+    if args.workers == 1:  # make serve's launcher: connection limits, header timeouts, the drain on SIGTERM
+        from app import serve
+
+        serve.main([*(["--host", args.host] if args.host else []), *(["--port", str(args.port)] if args.port else [])])
+        return 0
+    # Several processes: uvicorn's supervisor, each worker importing the app (and reading the settings) itself.
+    # Its workers run the same protocol and loop as the launcher, but without its connection guards.
+    host = args.host or os.environ.get("ARSERVE_HOST", "127.0.0.1")
     port = args.port or int(os.environ.get("ARSERVE_PORT", "8000"))
-    uvicorn.run("app.main:app", host=host, port=port, workers=args.workers,
+    uvicorn.run("app.main:app", host=host, port=port, workers=args.workers, http="h11", loop="asyncio",
                 log_level=args.log_level or "info")
     return 0
