@@ -31,7 +31,12 @@ from app.engine.registry import Registry, ServedModel
 from app.http import service
 from app.http.bodies import JSONRoute
 from app.http.errors import APIError
-from app.http.openai_schemas import CompletionRequest, DetokenizeRequest, TokenizeRequest
+from app.http.openai_schemas import (
+    OPENAI_ERROR_RESPONSES,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+)
 from app.http.routes import RegistryDep, SettingsDep
 from app.http.samples import Progress, Samples, close, derived_seed
 from app.http.schemas import MAX_STOPS
@@ -39,7 +44,7 @@ from app.http.sse import EventStreamResponse
 from app.runtime.config import Settings
 from app.runtime.manifest import Manifest
 
-router = APIRouter(route_class=JSONRoute)  # bounded bodies (app/http/bodies.py)
+router = APIRouter(route_class=JSONRoute, responses=OPENAI_ERROR_RESPONSES)  # bounded bodies, errors documented
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default when max_tokens is not sent
 

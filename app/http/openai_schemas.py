@@ -52,3 +52,23 @@ class TokenizeRequest(_Open):
 class DetokenizeRequest(_Open):
     model: str | None = Field(None, min_length=1, max_length=64)
     tokens: list[int]
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, authentication_error, rate_limit_error or server_error")
+    param: str | None = Field(None, description="the request parameter to blame, if one is")
+    code: str | None = Field(None, description="arserve's error code (as in the native API)")
+
+
+class OpenAIErrorResponse(BaseModel):
+    """Every error of the OpenAI-compatible routes, in OpenAI's shape."""
+
+    error: OpenAIErrorDetail
+
+
+OPENAI_ERROR_RESPONSES: dict[int | str, dict] = {
+    "4XX": {"model": OpenAIErrorResponse, "description": "an invalid value (400), no key (401), unknown model "
+                                                         "(404), busy (429)"},
+    503: {"model": OpenAIErrorResponse, "description": "not ready, busy or shutting down (Retry-After)"},
+}
