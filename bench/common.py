@@ -82,8 +82,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(model_dir: Path, threads: int = 1, **env: str) -> Iterator[str]:
-    """A real `uvicorn app.main:app` process serving model_dir on a free port; yields its base URL."""
+def serve(model_dir: Path, threads: int = 1, cwd: Path = ROOT, **env: str) -> Iterator[str]:
+    """A real `uvicorn app.main:app` process serving model_dir on a free port; yields its base URL. `cwd` is the
+    checkout whose `app` it runs (bench.load serves a baseline commit's worktree beside the current tree)."""
     import httpx
 
     port = free_port()
@@ -93,7 +94,7 @@ def serve(model_dir: Path, threads: int = 1, **env: str) -> Iterator[str]:
     cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
            "--log-level", "warning", "--no-access-log"]
     with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe nobody drains
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=environ, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 120

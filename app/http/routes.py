@@ -77,7 +77,7 @@ async def sample_stream(params: Annotated[SampleParams, Query()], request: Reque
     except BaseException:
         release()
         raise
-    return EventStreamResponse(service.events(job, stream, settings), on_close=release)
+    return EventStreamResponse(service.events(job, stream, settings, request.app.state.metrics), on_close=release)
 
 
 @router.post("/sample", response_model=SampleDone, response_model_exclude_none=True)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import math
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from app.http import sse
 from app.http.errors import APIError
 from app.http.schemas import LogprobRequest, SampleParams
 from app.runtime.config import Settings
-from app.runtime.metrics import Metrics
+from app.runtime.metrics import Metrics, StreamTimer
 
 # ----- POST /logprob ----------------------------------------------------------------------------------
 
@@ -78,6 +79,7 @@ class SampleJob:
     backend: str
     spec: SampleSpec
     chunk: int
+    received: float = field(default_factory=time.perf_counter)  # when the request was taken in (the metrics' t0)
 
     def start(self) -> Stream:
         m = self.model.manifest
@@ -166,7 +168,7 @@ def done_event(job: SampleJob, gen: Generation) -> dict:
     }
 
 
-async def events(job: SampleJob, stream: Stream, settings: Settings) -> AsyncIterator[bytes]:
+async def events(job: SampleJob, stream: Stream, settings: Settings, metrics: Metrics) -> AsyncIterator[bytes]:
     """The SSE body of GET /sample: token events of `chunk` tokens, then done (or error).
 
     Whatever the worker has already delivered is written out together, as several events in one send: the
@@ -174,6 +176,7 @@ async def events(job: SampleJob, stream: Stream, settings: Settings) -> AsyncIte
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.stream_timeout_s
     pending: list[tuple] = []
+    timer = StreamTimer(metrics, job.model.name, job.received)
     try:
         while True:
             try:
@@ -193,6 +196,7 @@ async def events(job: SampleJob, stream: Stream, settings: Settings) -> AsyncIte
                         continue
                 if pending:
                     out.append(sse.event("token", token_event(job, pending)))
+                    _timed(timer, stream, len(pending))
                     pending = []
                 if item[0] == "done":
                     out.append(sse.event("done", done_event(job, item[1])))
@@ -206,6 +210,12 @@ async def events(job: SampleJob, stream: Stream, settings: Settings) -> AsyncIte
                 yield b"".join(out)
     finally:
         stream.cancel()  # the client went away, or we are done: the worker drops the generation
+
+
+def _timed(timer: StreamTimer, stream: Stream, tokens: int) -> None:
+    if timer.last is None and stream.gen is not None:  # the first token event: the stream was admitted by now
+        timer.admitted(stream.gen.created)
+    timer.token_event(tokens)
 
 
 async def sample_once(job: SampleJob, stream: Stream, settings: Settings) -> dict:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class Metrics:
@@ -21,11 +25,40 @@ class Metrics:
                                  registry=r)
         self.step_rows = Histogram("arserve_step_batch_rows", "streams advanced together by one batched step",
                                    ["model"], registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        # What bench.load measures from the client side, as the server sees it (GET /sample streams)
+        self.ttft = Histogram("arserve_time_to_first_token_seconds", "request received to first token event sent",
+                              ["model"], registry=r, buckets=LATENCY_BUCKETS)
+        self.inter_token = Histogram("arserve_inter_token_seconds", "gap between a stream's token events sent, per "
+                                     "token they carry (events sent together: 0 after the first)", ["model"],
+                                     registry=r, buckets=(0, *LATENCY_BUCKETS))
+        self.queue_wait = Histogram("arserve_queue_wait_seconds", "request received to its stream admitted by the "
+                                    "model's worker", ["model"], registry=r, buckets=LATENCY_BUCKETS)
 
     def add_model(self, model: str) -> None:
         """Export every per-model series from the start (at 0), not from the first request."""
-        for metric in (self.tokens, self.active_streams, self.queue_depth, self.step_rows):
+        for metric in (self.tokens, self.active_streams, self.queue_depth, self.step_rows, self.ttft,
+                       self.inter_token, self.queue_wait):
             metric.labels(model)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class StreamTimer:
+    """Feeds one GET /sample stream's time to first token, inter-token gaps and queue wait to the histograms."""
+
+    def __init__(self, metrics: Metrics, model: str, received: float):
+        self.metrics, self.model, self.received = metrics, model, received  # time.perf_counter() at arrival
+        self.last: float | None = None
+
+    def token_event(self, tokens: int) -> None:
+        now = time.perf_counter()
+        if self.last is None:
+            self.metrics.ttft.labels(self.model).observe(now - self.received)
+        else:
+            self.metrics.inter_token.labels(self.model).observe((now - self.last) / tokens)
+        self.last = now
+
+    def admitted(self, at: float) -> None:
+        """The worker took the stream in at `at` (perf_counter)."""
+        self.metrics.queue_wait.labels(self.model).observe(max(at - self.received, 0.0))

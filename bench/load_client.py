@@ -1,0 +1,159 @@
+"""The load benchmark's client: one process of asyncio HTTP clients (httpx + httpx-sse), apart from the server.
+
+    python -m bench.load_client < spec.json > records.json
+
+bench.load starts one per measured level, so that the clients' event loop never shares a process (or its GIL)
+with the uvicorn server it measures, nor with bench.load's own torch. The spec says what to send:
+
+  {"kind": "sample", "url": ..., "model": ..., "concurrency": 16, "requests": 32, "request_rate": null,
+   "params": {"max_len": 255, "chunk": 1, "top_k": 40}, "seed": 0, "warmup": 1}
+  {"kind": "logprob", "url": ..., "model": ..., "concurrency": 16, "requests": 256, "batch": 1,
+   "inputs": {"vocab_size": 2, "length": 784, "dtype": "int64"}, "encoding": "json", "seed": 0, "warmup": 1}
+
+Requests go out as in vLLM's serving benchmark: at most `concurrency` in flight, and, given a request_rate
+(requests/s), each released after an exponential gap (a Poisson process); without one, as fast as slots free.
+What comes back is one record per request (times in seconds from the run's start), which bench.load reduces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+
+import httpx
+import numpy as np
+
+from app.client import AsyncArserveClient
+
+# ----- POST /logprob bodies: pluggable, so a binary encoding can be measured beside JSON -------------------
+
+
+def json_body(model: str, x: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    body = {"model": model, "inputs": x.tolist()}
+    return json.dumps(body, separators=(",", ":")).encode(), {"content-type": "application/json"}
+
+
+# name -> fn(model, inputs [B, T]) -> (body bytes, headers). A binary POST /logprob input registers here.
+ENCODINGS: dict[str, Callable[[str, np.ndarray], tuple[bytes, dict[str, str]]]] = {"json": json_body}
+
+
+def random_inputs(rng: np.random.Generator, batch: int, vocab_size: int, length: int, dtype: str) -> np.ndarray:
+    """[batch, length] inputs POST /logprob accepts: random tokens, or standard normal values (RNADE)."""
+    if dtype == "float32":
+        return rng.standard_normal((batch, length)).astype(np.float32)
+    return rng.integers(0, vocab_size, (batch, length), dtype=np.int64)
+
+
+# ----- request pacing ------------------------------------------------------------------------------------
+
+
+def arrival_gaps(n: int, rate: float | None, seed: int) -> list[float]:
+    """Seconds to wait before releasing each request: exponential gaps at `rate` per second, or none."""
+    if not rate:
+        return [0.0] * n
+    return np.random.default_rng(seed).exponential(1 / rate, n).tolist()
+
+
+async def paced(n: int, concurrency: int, rate: float | None, seed: int, one) -> float:
+    """Run one(i) for i < n, at most `concurrency` at once, released at the Poisson times; the wall seconds."""
+    slots = asyncio.Semaphore(concurrency)
+
+    async def guarded(i: int) -> None:
+        async with slots:
+            await one(i)
+
+    t0 = time.perf_counter()
+    tasks = []
+    for i, gap in enumerate(arrival_gaps(n, rate, seed)):
+        if gap:
+            await asyncio.sleep(gap)
+        tasks.append(asyncio.create_task(guarded(i)))
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - t0
+
+
+# ----- GET /sample ----------------------------------------------------------------------------------------
+
+
+async def one_stream(client: AsyncArserveClient, model: str, params: dict, seed: int, t0: float) -> dict:
+    """One GET /sample stream: when it started and ended, when each token event came and with how many tokens."""
+    start = time.perf_counter()
+    events, error = [], None  # (seconds since t0, tokens in the event)
+    try:
+        async for event in client.sample(model, seed=seed, **params):
+            if event.event == "token":
+                events.append((time.perf_counter() - t0, len(event.data["tokens"])))
+    except Exception as e:  # an error event, an HTTP error, a dropped connection: counted, not fatal
+        error = f"{type(e).__name__}: {e}"[:300]
+    return {"start": start - t0, "end": time.perf_counter() - t0, "events": events, "error": error}
+
+
+async def run_sample(spec: dict) -> dict:
+    params, model, seed = spec["params"], spec["model"], spec["seed"]
+    limits = httpx.Limits(max_connections=spec["concurrency"] + 4, max_keepalive_connections=spec["concurrency"] + 4)
+    async with AsyncArserveClient(spec["url"], timeout=spec.get("timeout", 600), limits=limits) as client:
+        short = {**params, "max_len": min(params["max_len"], 8)} if params.get("max_len") else params
+        for w in range(spec.get("warmup", 0)):  # sessions, connections, first-call allocations: untimed
+            await one_stream(client, model, short, seed - 1 - w, time.perf_counter())
+        records: list[dict] = [{}] * spec["requests"]
+        t0 = time.perf_counter()
+
+        async def one(i: int) -> None:
+            records[i] = await one_stream(client, model, params, seed + i, t0)
+
+        duration = await paced(spec["requests"], spec["concurrency"], spec.get("request_rate"), seed, one)
+    return {"duration": duration, "records": records}
+
+
+# ----- POST /logprob --------------------------------------------------------------------------------------
+
+
+async def run_logprob(spec: dict) -> dict:
+    model, batch, seed = spec["model"], spec["batch"], spec["seed"]
+    shape = spec["inputs"]
+    encode = ENCODINGS[spec.get("encoding", "json")]
+    rng = np.random.default_rng(seed)
+    # Bodies are encoded before the clock starts (a few distinct ones, reused): the client's own encoding
+    # work would otherwise take CPU from the server it measures on a small machine.
+    bodies = [encode(model, random_inputs(rng, batch, shape["vocab_size"], shape["length"], shape["dtype"]))
+              for _ in range(min(spec["requests"], 8))]
+    limits = httpx.Limits(max_connections=spec["concurrency"] + 4, max_keepalive_connections=spec["concurrency"] + 4)
+    async with httpx.AsyncClient(base_url=spec["url"], timeout=spec.get("timeout", 600), limits=limits) as http:
+
+        async def post(i: int, t0: float) -> dict:
+            content, headers = bodies[i % len(bodies)]
+            start = time.perf_counter()
+            error = None
+            try:
+                r = await http.post("/logprob", content=content, headers=headers)
+                if r.status_code != 200:
+                    error = f"HTTP {r.status_code}: {r.text[:200]}"
+                elif len(r.json()["results"]) != batch:
+                    error = f"expected {batch} results"
+            except Exception as e:
+                error = f"{type(e).__name__}: {e}"[:300]
+            return {"start": start - t0, "end": time.perf_counter() - t0, "examples": batch, "error": error}
+
+        for w in range(spec.get("warmup", 0)):
+            await post(w, time.perf_counter())
+        records: list[dict] = [{}] * spec["requests"]
+        t0 = time.perf_counter()
+
+        async def one(i: int) -> None:
+            records[i] = await post(i, t0)
+
+        duration = await paced(spec["requests"], spec["concurrency"], spec.get("request_rate"), seed, one)
+    return {"duration": duration, "records": records}
+
+
+def main() -> None:
+    spec = json.load(sys.stdin)
+    run = {"sample": run_sample, "logprob": run_logprob}[spec["kind"]]
+    json.dump(asyncio.run(run(spec)), sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
