@@ -6,8 +6,9 @@
 Per model and concurrency level C, a client process (bench.load_client: httpx + httpx-sse on asyncio) keeps at
 most C GET /sample streams in flight against a real uvicorn server and reports what vLLM reports: output tokens/s
 in all, requests/s, time to first token (TTFT), time per output token (TPOT), inter-token latency (ITL: the gap
-between a stream's token events per token they carry) and end-to-end latency, each as median and p99, and the
-errors. POST /logprob the same way, with clients that send one example per request and clients that send 16.
+between two network reads of a stream that bring tokens, per token they bring) and end-to-end latency, each as
+median and p99, and the errors; at 16 streams, how fair the server is to each stream. POST /logprob the same
+way, with clients that send one example per request and clients that send 16.
 Hugging Face `generate` at batch 1 / 4 / 16 runs beside the char-Transformer (bench.peer's GPT-2 copy).
 
 `--baseline COMMIT` checks COMMIT out in a temporary git worktree and serves its own code and artifacts from a
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
 import math
@@ -208,6 +210,7 @@ class Plan:
     logprob_requests: int  # requests per client
     encoding: str
     quick: bool
+    repeats: int = 1  # rounds per level and tree, alternating trees; the median round (by throughput) is reported
 
     def requests(self, c: int) -> int:
         return max(c * self.waves, 1 if self.quick else 4)
@@ -367,8 +370,10 @@ def markdown(report: dict) -> str:
             out.append(f"| {t['what']} | {t['model']} | {fmt(t['value'])} {t['unit']} | {t['bound']} | {verdict} |")
         out.append("")
     out += ["## GET /sample", "",
-            "ITL: gap between a stream's token events, per token they carry. TPOT: (end - first token) / "
-            "(tokens - 1). Server: the means of its own histograms over the level (current tree).", "",
+            "ITL: gap between two reads of a stream that bring tokens, per token they bring. TPOT: (end - first "
+            "token) / (tokens - 1). Fairness: slowest and fastest stream's tokens/s over the median stream's. "
+            "Server: the means of its own histograms over the level (current tree; its ITL is per SSE write). "
+            f"Each level is the median of {meta['plan'].get('repeats', 1)} round(s) by throughput.", "",
             "| model | tree | C | tokens/s | req/s | TTFT med / p99 ms | ITL med / p99 ms | TPOT med ms | "
             "E2E med / p99 ms | errors | fairness min, max / med | server TTFT, ITL, queue ms |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
@@ -423,7 +428,7 @@ def plot(report: dict, path: Path) -> bool:
         hf = sorted((h["batch"], h["tokens_per_s"]) for h in report["peer"] if h["model"] == model)
         if hf:
             ax.plot(*zip(*hf, strict=True), "^:", label="HF generate", ms=4)
-        ax.set(title=model, xscale="log", xlabel="concurrent streams", ylabel="tokens/s")
+        ax.set(title=model, xscale="log", xlabel="concurrent streams", ylabel="tokens/s", ylim=(0, None))
         ax.set_xticks(report["meta"]["concurrency"], [str(c) for c in report["meta"]["concurrency"]])
         ax.legend(fontsize=7)
     if report["logprob"]:
@@ -435,12 +440,17 @@ def plot(report: dict, path: Path) -> bool:
                 if pts:
                     ax.plot(*zip(*pts, strict=True), style, label=f"{model} x{batch}", ms=3)
         ax.set(title="POST /logprob (current)", xscale="log", yscale="log", xlabel="clients", ylabel="examples/s")
+        ax.set_xticks(report["meta"]["concurrency"], [str(c) for c in report["meta"]["concurrency"]])
         ax.legend(fontsize=6)
     for ax in list(axes.flat)[panels:]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=72)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=72)
     plt.close(fig)
+    from PIL import Image
+
+    Image.open(buffer).convert("RGB").quantize(64).save(path, optimize=True)  # a palette PNG: a third the size
     return True
 
 
@@ -459,6 +469,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--baseline", help="a commit served beside the current tree in the same run")
     ap.add_argument("--tokens", type=int, default=None, help=f"tokens per text/image stream ({TOKENS})")
     ap.add_argument("--audio-tokens", type=int, default=None, help=f"samples per audio stream ({AUDIO_TOKENS})")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds per level and tree; the median round is kept")
     ap.add_argument("--waves", type=int, default=None, help="requests per concurrency slot (2)")
     ap.add_argument("--logprob-requests", type=int, default=None, help="requests per /logprob client (16)")
     ap.add_argument("--encoding", default="json", help="POST /logprob body encoding (bench.load_client.ENCODINGS)")
@@ -466,6 +477,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per runtime, server and HF")
     ap.add_argument("--quick", action="store_true", help="a smoke run: few tokens, levels 1 and 16")
     ap.add_argument("--note", default="", help="a label for the report, e.g. 'machine shared and loaded'")
+    ap.add_argument("--render", type=Path, help="re-render a saved load.json (markdown, targets, plot); no run")
     ap.add_argument("--exported", type=Path, default=ROOT / "exported", help="the current tree's models")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     return ap.parse_args(argv)
@@ -482,7 +494,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
                                                                              AUDIO_TOKENS),
                 waves=pick(args.waves, "waves", 2), logprob_requests=pick(args.logprob_requests, "logprob_requests",
                                                                           16),
-                encoding=args.encoding, quick=args.quick)
+                encoding=args.encoding, quick=args.quick, repeats=args.repeats)
 
 
 def measure(args: argparse.Namespace, plan: Plan, trees: list[Tree], report: dict, tmp: Path) -> None:
@@ -508,22 +520,42 @@ def measure(args: argparse.Namespace, plan: Plan, trees: list[Tree], report: dic
         for model in args.models:
             served = manifests(model)
             for i, c in enumerate(plan.concurrency):
-                for tree, m in served[:: 1 if i % 2 == 0 else -1]:  # ABBA: drift hits both alike
-                    log.info("/sample %s on %s: %d concurrent", model, tree.label, c)
-                    report["sample"].append(sample_level(urls[tree.label], tree, m, c, plan))
+                report["sample"] += rounds(
+                    served[:: (-1) ** i], plan.repeats, "output_tokens_per_s", f"/sample {model} x{c}",
+                    lambda tree, m, c=c: sample_level(urls[tree.label], tree, m, c, plan))
         for model in args.logprob_models:
             served = manifests(model)
             for batch in LOGPROB_BATCHES:
                 for i, c in enumerate(plan.concurrency):
-                    for tree, m in served[:: 1 if i % 2 == 0 else -1]:
-                        log.info("/logprob %s on %s: %d clients x %d examples", model, tree.label, c, batch)
-                        report["logprob"].append(logprob_level(urls[tree.label], tree, m, c, batch, plan))
+                    report["logprob"] += rounds(
+                        served[:: (-1) ** i], plan.repeats, "examples_per_s", f"/logprob {model} {c} clients x{batch}",
+                        lambda tree, m, c=c, batch=batch: logprob_level(urls[tree.label], tree, m, c, batch, plan))
+
+
+def rounds(served: list[tuple[Tree, dict]], repeats: int, key: str, what: str, level) -> list[dict]:
+    """level(tree, manifest) `repeats` times per tree, the trees alternating (ABBA, and the callers flip the order
+    from level to level: a drift in the machine's load hits both alike); per tree, the round of median
+    throughput, with every round's throughput."""
+    runs: dict[str, list[dict]] = {}
+    for r in range(repeats):
+        for tree, m in served[:: 1 if r % 2 == 0 else -1]:
+            log.info("%s on %s (round %d of %d)", what, tree.label, r + 1, repeats)
+            runs.setdefault(tree.label, []).append(level(tree, m))
+    out = []
+    for rows in runs.values():
+        ranked = sorted(rows, key=lambda row: row[key])
+        out.append({**ranked[(len(ranked) - 1) // 2], "rounds": [row[key] for row in rows]})
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.render:  # the tables, targets and plot again from a saved report, measuring nothing
+        report = json.loads(args.render.read_text())
+        report["targets"] = targets(report)
+        return write(report, args.render)
     plan = make_plan(args)
     current = Tree("current", ROOT, git("rev-parse", "--short", "HEAD")
                    + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else ""), args.exported)
@@ -558,11 +590,15 @@ def main(argv: list[str] | None = None) -> None:
     }
     report["targets"] = targets(report)
     args.out.mkdir(parents=True, exist_ok=True)
-    name = "load-quick" if args.quick else "load"
-    report["meta"]["plot"] = plot(report, args.out / f"{name}.png")
-    (args.out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    write(report, args.out / ("load-quick.json" if args.quick else "load.json"))
+
+
+def write(report: dict, path: Path) -> None:
+    """The report as JSON at path, and beside it as markdown (printed too) and, with matplotlib, a PNG plot."""
+    report["meta"]["plot"] = plot(report, path.with_suffix(".png"))
+    path.write_text(json.dumps(report, indent=1) + "\n")
     md = markdown(report)
-    (args.out / f"{name}.md").write_text(md + "\n")
+    path.with_suffix(".md").write_text(md + "\n")
     print(md)
 
 

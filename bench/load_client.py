@@ -1,4 +1,4 @@
-"""The load benchmark's client: one process of asyncio HTTP clients (httpx + httpx-sse), apart from the server.
+"""The load benchmark's client: one process of asyncio HTTP clients (httpx, httpx-sse), apart from the server.
 
     python -m bench.load_client < spec.json > records.json
 
@@ -25,8 +25,7 @@ from collections.abc import Callable
 
 import httpx
 import numpy as np
-
-from app.client import AsyncArserveClient
+from httpx_sse import aconnect_sse
 
 # ----- POST /logprob bodies: pluggable, so a binary encoding can be measured beside JSON -------------------
 
@@ -78,31 +77,60 @@ async def paced(n: int, concurrency: int, rate: float | None, seed: int, one) ->
 # ----- GET /sample ----------------------------------------------------------------------------------------
 
 
-async def one_stream(client: AsyncArserveClient, model: str, params: dict, seed: int, t0: float) -> dict:
-    """One GET /sample stream: when it started and ended, when each token event came and with how many tokens."""
+def read_events(blocks: list[bytes]) -> tuple[int, bool]:
+    """Tokens in the complete SSE events `blocks` and whether one was the done event; an error event raises."""
+    tokens, done = 0, False
+    for block in blocks:
+        fields = dict(line.split(": ", 1) for line in block.decode().split("\n") if line and line[0] != ":")
+        if fields.get("event") == "token":
+            tokens += len(json.loads(fields["data"])["tokens"])
+        elif fields.get("event") == "done":
+            done = True
+        elif fields.get("event") == "error":
+            raise RuntimeError(f"error event: {fields.get('data', '')[:200]}")
+    return tokens, done
+
+
+async def one_stream(http: httpx.AsyncClient, query: dict, t0: float) -> dict:
+    """One GET /sample stream: when it started and ended, and each network read that brought token events (its
+    time and tokens). A read, not an event, is the unit: events that arrive together reach the caller together,
+    so a server that sends several at once shows one gap, not one gap and some zeros."""
     start = time.perf_counter()
-    events, error = [], None  # (seconds since t0, tokens in the event)
+    reads, error, done = [], None, False  # (seconds since t0, tokens completed by that read)
     try:
-        async for event in client.sample(model, seed=seed, **params):
-            if event.event == "token":
-                events.append((time.perf_counter() - t0, len(event.data["tokens"])))
+        async with aconnect_sse(http, "GET", "/sample", params=query) as source:
+            if source.response.status_code != 200:
+                await source.response.aread()
+                raise RuntimeError(f"HTTP {source.response.status_code}: {source.response.text[:200]}")
+            buffer = b""
+            async for chunk in source.response.aiter_bytes():
+                now = time.perf_counter() - t0
+                *blocks, buffer = (buffer + chunk).split(b"\n\n")
+                tokens, done = read_events(blocks)
+                if tokens:
+                    reads.append((now, tokens))
+                if done:
+                    break
+        if not done:
+            raise RuntimeError("the stream ended without a done event")
     except Exception as e:  # an error event, an HTTP error, a dropped connection: counted, not fatal
         error = f"{type(e).__name__}: {e}"[:300]
-    return {"start": start - t0, "end": time.perf_counter() - t0, "events": events, "error": error}
+    return {"start": start - t0, "end": time.perf_counter() - t0, "events": reads, "error": error}
 
 
 async def run_sample(spec: dict) -> dict:
-    params, model, seed = spec["params"], spec["model"], spec["seed"]
+    query = {"model": spec["model"], **spec["params"]}
+    seed = spec["seed"]
     limits = httpx.Limits(max_connections=spec["concurrency"] + 4, max_keepalive_connections=spec["concurrency"] + 4)
-    async with AsyncArserveClient(spec["url"], timeout=spec.get("timeout", 600), limits=limits) as client:
-        short = {**params, "max_len": min(params["max_len"], 8)} if params.get("max_len") else params
+    async with httpx.AsyncClient(base_url=spec["url"], timeout=spec.get("timeout", 600), limits=limits) as http:
+        short = {**query, "max_len": min(query["max_len"], 8)} if query.get("max_len") else query
         for w in range(spec.get("warmup", 0)):  # sessions, connections, first-call allocations: untimed
-            await one_stream(client, model, short, seed - 1 - w, time.perf_counter())
+            await one_stream(http, {**short, "seed": seed - 1 - w}, time.perf_counter())
         records: list[dict] = [{}] * spec["requests"]
         t0 = time.perf_counter()
 
         async def one(i: int) -> None:
-            records[i] = await one_stream(client, model, params, seed + i, t0)
+            records[i] = await one_stream(http, {**query, "seed": seed + i}, t0)
 
         duration = await paced(spec["requests"], spec["concurrency"], spec.get("request_rate"), seed, one)
     return {"duration": duration, "records": records}
