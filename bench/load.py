@@ -6,7 +6,7 @@
 Per model and concurrency level C, a client process (bench.load_client: httpx + httpx-sse on asyncio) keeps at
 most C GET /sample streams in flight against a real uvicorn server and reports what vLLM reports: output tokens/s
 in all, requests/s, time to first token (TTFT), time per output token (TPOT), inter-token latency (ITL: the gap
-between two network reads of a stream that bring tokens, per token they bring) and end-to-end latency, each as
+between two deliveries of a stream's tokens, per token delivered) and end-to-end latency, each as
 median and p99, and the errors; at 16 streams, how fair the server is to each stream. POST /logprob the same
 way, with clients that send one example per request and clients that send 16.
 Hugging Face `generate` at batch 1 / 4 / 16 runs beside the char-Transformer (bench.peer's GPT-2 copy).
@@ -124,10 +124,10 @@ def reduce_sample(out: dict, sample_rate: int | None) -> dict:
         times = [t for t, _ in r["events"]]
         n = sum(k for _, k in r["events"])
         tokens += n
-        ttft.append(times[0] - r["start"])
+        ttft.append(r["first"] - r["start"])
         e2el.append(r["end"] - r["start"])
         if n > 1:
-            tpot.append((r["end"] - times[0]) / (n - 1))
+            tpot.append((r["end"] - r["first"]) / (n - 1))
         itl += [(b - a) / k for a, b, (_, k) in zip(times, times[1:], r["events"][1:], strict=False)]
         rates.append(n / (r["end"] - r["start"]))
     duration = out["duration"]
@@ -370,7 +370,8 @@ def markdown(report: dict) -> str:
             out.append(f"| {t['what']} | {t['model']} | {fmt(t['value'])} {t['unit']} | {t['bound']} | {verdict} |")
         out.append("")
     out += ["## GET /sample", "",
-            "ITL: gap between two reads of a stream that bring tokens, per token they bring. TPOT: (end - first "
+            "ITL: gap between two deliveries of a stream's tokens, per token delivered (HTTP chunks parsed < 0.5 ms "
+            "apart are one delivery). TPOT: (end - first "
             "token) / (tokens - 1). Fairness: slowest and fastest stream's tokens/s over the median stream's. "
             "Server: the means of its own histograms over the level (current tree; its ITL is per SSE write). "
             f"Each level is the median of {meta['plan'].get('repeats', 1)} round(s) by throughput.", "",
@@ -518,29 +519,29 @@ def measure(args: argparse.Namespace, plan: Plan, trees: list[Tree], report: dic
             return [(t, m) for t, m in found if m is not None]
 
         for model in args.models:
-            served = manifests(model)
-            for i, c in enumerate(plan.concurrency):
-                report["sample"] += rounds(
-                    served[:: (-1) ** i], plan.repeats, "output_tokens_per_s", f"/sample {model} x{c}",
-                    lambda tree, m, c=c: sample_level(urls[tree.label], tree, m, c, plan))
+            levels = [(c, f"/sample {model} x{c}",
+                       lambda tree, m, c=c: sample_level(urls[tree.label], tree, m, c, plan)) for c in plan.concurrency]
+            report["sample"] += rounds(manifests(model), levels, plan.repeats, "output_tokens_per_s")
         for model in args.logprob_models:
-            served = manifests(model)
-            for batch in LOGPROB_BATCHES:
-                for i, c in enumerate(plan.concurrency):
-                    report["logprob"] += rounds(
-                        served[:: (-1) ** i], plan.repeats, "examples_per_s", f"/logprob {model} {c} clients x{batch}",
-                        lambda tree, m, c=c, batch=batch: logprob_level(urls[tree.label], tree, m, c, batch, plan))
+            levels = [((c, b), f"/logprob {model} {c} clients x{b}",
+                       lambda tree, m, c=c, b=b: logprob_level(urls[tree.label], tree, m, c, b, plan))
+                      for b in LOGPROB_BATCHES for c in plan.concurrency]
+            report["logprob"] += rounds(manifests(model), levels, plan.repeats, "examples_per_s")
 
 
-def rounds(served: list[tuple[Tree, dict]], repeats: int, key: str, what: str, level) -> list[dict]:
-    """level(tree, manifest) `repeats` times per tree, the trees alternating (ABBA, and the callers flip the order
-    from level to level: a drift in the machine's load hits both alike); per tree, the round of median
-    throughput, with every round's throughput."""
-    runs: dict[str, list[dict]] = {}
+def rounds(served: list[tuple[Tree, dict]], levels: list, repeats: int, key: str) -> list[dict]:
+    """Each level(tree, manifest) of a model, `repeats` rounds, on every tree. A round runs every level, so that
+    the rounds of one level are spread over the model's whole measurement, and the trees alternate (ABBA) from
+    level to level and round to round: a drift in the machine's load hits every level and tree alike. Per level
+    and tree: the round of median throughput, with every round's throughput."""
+    runs: dict[tuple, list[dict]] = {}
+    flip = 0
     for r in range(repeats):
-        for tree, m in served[:: 1 if r % 2 == 0 else -1]:
-            log.info("%s on %s (round %d of %d)", what, tree.label, r + 1, repeats)
-            runs.setdefault(tree.label, []).append(level(tree, m))
+        for level_key, what, level in levels:
+            for tree, m in served[:: (-1) ** flip]:
+                log.info("%s on %s (round %d of %d)", what, tree.label, r + 1, repeats)
+                runs.setdefault((level_key, tree.label), []).append(level(tree, m))
+            flip += 1
     out = []
     for rows in runs.values():
         ranked = sorted(rows, key=lambda row: row[key])

@@ -77,6 +77,9 @@ async def paced(n: int, concurrency: int, rate: float | None, seed: int, one) ->
 # ----- GET /sample ----------------------------------------------------------------------------------------
 
 
+TOGETHER_S = 0.0005  # HTTP chunks of a stream parsed closer together than this came in one delivery
+
+
 def read_events(blocks: list[bytes]) -> tuple[int, bool]:
     """Tokens in the complete SSE events `blocks` and whether one was the done event; an error event raises."""
     tokens, done = 0, False
@@ -92,11 +95,12 @@ def read_events(blocks: list[bytes]) -> tuple[int, bool]:
 
 
 async def one_stream(http: httpx.AsyncClient, query: dict, t0: float) -> dict:
-    """One GET /sample stream: when it started and ended, and each network read that brought token events (its
-    time and tokens). A read, not an event, is the unit: events that arrive together reach the caller together,
-    so a server that sends several at once shows one gap, not one gap and some zeros."""
+    """One GET /sample stream: when it started, got its first token and ended, and each delivery of token events
+    (its time and tokens). A delivery, not an event, is the unit: events that reach the caller together show one
+    gap, not one gap and some zeros. HTTP chunks parsed less than TOGETHER_S apart are one delivery: they were
+    waiting in the socket together (httpx hands out one chunk at a time, however many one recv brought)."""
     start = time.perf_counter()
-    reads, error, done = [], None, False  # (seconds since t0, tokens completed by that read)
+    reads, error, done, first = [], None, False, None  # reads: (seconds since t0, tokens), one per delivery
     try:
         async with aconnect_sse(http, "GET", "/sample", params=query) as source:
             if source.response.status_code != 200:
@@ -107,15 +111,18 @@ async def one_stream(http: httpx.AsyncClient, query: dict, t0: float) -> dict:
                 now = time.perf_counter() - t0
                 *blocks, buffer = (buffer + chunk).split(b"\n\n")
                 tokens, done = read_events(blocks)
-                if tokens:
+                if tokens and reads and now - reads[-1][0] < TOGETHER_S:
+                    reads[-1] = (now, reads[-1][1] + tokens)
+                elif tokens:
                     reads.append((now, tokens))
+                    first = first or now
                 if done:
                     break
         if not done:
             raise RuntimeError("the stream ended without a done event")
     except Exception as e:  # an error event, an HTTP error, a dropped connection: counted, not fatal
         error = f"{type(e).__name__}: {e}"[:300]
-    return {"start": start - t0, "end": time.perf_counter() - t0, "events": reads, "error": error}
+    return {"start": start - t0, "first": first, "end": time.perf_counter() - t0, "events": reads, "error": error}
 
 
 async def run_sample(spec: dict) -> dict:
