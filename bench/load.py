@@ -378,7 +378,7 @@ def markdown(report: dict) -> str:
             "| model | tree | C | tokens/s | req/s | TTFT med / p99 ms | ITL med / p99 ms | TPOT med ms | "
             "E2E med / p99 ms | errors | fairness min, max / med | server TTFT, ITL, queue ms |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
-    for r in report["sample"]:
+    for r in ordered(report["sample"], "concurrency"):
         spread = r.get("stream_tokens_per_s")
         fair = f"{spread['min_over_median']:.2f}, {spread['max_over_median']:.2f}" if spread else "–"
         rtf = f" ({r['real_time_factor']:.2f}x RT)" if "real_time_factor" in r else ""
@@ -397,12 +397,18 @@ def markdown(report: dict) -> str:
     if report["logprob"]:
         out += ["## POST /logprob", "", "| model | tree | clients | examples / request | examples/s | req/s | "
                 "latency med / p99 ms | errors |", "|---|---|---:|---:|---:|---:|---:|---:|"]
-        for r in report["logprob"]:
+        for r in ordered(report["logprob"], "batch", "clients"):
             out.append(f"| {r['model']} | {r['tree']} | {r['clients']} | {r['batch']} | {fmt(r['examples_per_s'])} | "
                        f"{fmt(r['request_throughput'])} | {ms(r['latency_ms'], 'median')} / "
                        f"{ms(r['latency_ms'], 'p99')} | {r['errors']} |")
         out.append("")
     return "\n".join(out)
+
+
+def ordered(rows: list[dict], *keys: str) -> list[dict]:
+    """Rows by model (in the order measured), then `keys`, the current tree before the baseline."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    return sorted(rows, key=lambda r: (models.index(r["model"]), *(r[k] for k in keys), r["tree"] != "current"))
 
 
 def plot(report: dict, path: Path) -> bool:

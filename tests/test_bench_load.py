@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, meta_for
 
-LATENCIES = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms")
+LATENCIES = ("ttft_ms", "tpot_ms", "e2el_ms")  # and ITL, absent when every stream came in one delivery
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +60,7 @@ def test_load_quick_report(tiny_exported, tmp_path):
         assert r["output_tokens"] == r["completed"] * r["max_len"], r  # every stream ran to its length
         assert r["output_tokens_per_s"] > 0 and r["request_throughput"] > 0
         assert all(finite_stats(r[k]) for k in LATENCIES), r
+        assert r["itl_ms"] is None or finite_stats(r["itl_ms"]), r
         assert r["ttft_ms"]["median"] <= r["e2el_ms"]["median"]
         if r["concurrency"] > 1:
             spread = r["stream_tokens_per_s"]
@@ -77,7 +80,7 @@ def test_load_quick_report(tiny_exported, tmp_path):
 
     targets = {(t["what"], t["model"]): t for t in report["targets"]}
     for what in ("tokens/s, 16 streams / 1 stream (baseline)", "no regression: 1-stream tokens/s, current / baseline",
-                 "fairness: p99 ITL / median ITL, 16 streams"):
+                 "fairness: slowest stream's tokens/s / median, 16 streams"):
         t = targets[(what, "tiny-text-transformer")]
         assert t["value"] > 0 and t["met"] in (True, False), t
     assert targets[("/logprob: 16 single-example clients / 1 client x 16", "tiny-fvsbn")]["value"] > 0
@@ -86,8 +89,9 @@ def test_load_quick_report(tiny_exported, tmp_path):
     for heading in ("## targets (issue #13)", "## GET /sample", "## POST /logprob", "## Hugging Face generate"):
         assert heading in markdown
     assert markdown in proc.stdout
+    baseline = re.search(r"serving baseline \(\w+\) from (\S+)", proc.stderr).group(1)
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
-    assert "arserve-baseline-" not in worktrees  # the baseline's worktree is gone
+    assert baseline not in worktrees and not Path(baseline).exists()  # the baseline's worktree is gone
 
 
 def test_load_refuses_an_unknown_model(tmp_path):

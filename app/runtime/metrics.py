@@ -48,17 +48,20 @@ class StreamTimer:
     """Feeds one GET /sample stream's time to first token, inter-token gaps and queue wait to the histograms."""
 
     def __init__(self, metrics: Metrics, model: str, received: float):
-        self.metrics, self.model, self.received = metrics, model, received  # time.perf_counter() at arrival
-        self.last: float | None = None
+        self.received = received  # time.perf_counter() when the request was taken in
+        self.last: float | None = None  # when the previous token event was written
+        # the children, looked up once (labels() takes a lock and a dict lookup per call)
+        self.ttft, self.inter_token = metrics.ttft.labels(model), metrics.inter_token.labels(model)
+        self.queue_wait = metrics.queue_wait.labels(model)
 
     def token_event(self, tokens: int) -> None:
         now = time.perf_counter()
         if self.last is None:
-            self.metrics.ttft.labels(self.model).observe(now - self.received)
+            self.ttft.observe(now - self.received)
         else:
-            self.metrics.inter_token.labels(self.model).observe((now - self.last) / tokens)
+            self.inter_token.observe((now - self.last) / tokens)
         self.last = now
 
     def admitted(self, at: float) -> None:
         """The worker took the stream in at `at` (perf_counter)."""
-        self.metrics.queue_wait.labels(self.model).observe(max(at - self.received, 0.0))
+        self.queue_wait.observe(max(at - self.received, 0.0))
