@@ -94,6 +94,20 @@ async def test_metrics(client):
     assert metric(t, "arserve_queue_depth", model="tiny-wavenet") == 0  # every model exported from the start
 
 
+async def test_stream_latency_histograms(client, app):
+    """What bench.load measures from outside, the server exports too: TTFT, inter-token gaps, queue wait."""
+    value = lambda name: app.state.metrics.registry.get_sample_value(name, {"model": "tiny-lstm"}) or 0  # noqa: E731
+    names = ("arserve_time_to_first_token_seconds", "arserve_inter_token_seconds", "arserve_queue_wait_seconds")
+    before = {n: (value(f"{n}_count"), value(f"{n}_sum")) for n in names}
+    events = await sse_events(client, model="tiny-lstm", seed=1, max_len=6, chunk=2)
+    assert [e for e, _ in events] == ["token"] * 3 + ["done"]
+    after = {n: (value(f"{n}_count"), value(f"{n}_sum")) for n in names}
+    ttft, itl, queue = ((after[n][0] - before[n][0], after[n][1] - before[n][1]) for n in names)
+    assert ttft[0] == 1 and ttft[1] > 0
+    assert itl[0] == 2 and itl[1] >= 0  # one per token event after the first
+    assert queue[0] == 1 and 0 <= queue[1] <= ttft[1]  # admitted before its first token went out
+
+
 # ----- POST /logprob ---------------------------------------------------------------------------------------
 
 

@@ -112,7 +112,7 @@ async def sample_stream(params: Annotated[SampleParams, Query()], request: Reque
     except BaseException:
         release()
         raise
-    return EventStreamResponse(service.events(job, stream, settings), on_close=release,
+    return EventStreamResponse(service.events(job, stream, settings, request.app.state.metrics), on_close=release,
                                stall_s=settings.stream_stall_s, drain=request.app.state.drain)
 
 

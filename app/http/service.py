@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import math
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from app.http.errors import APIError
 from app.http.samples import Progress, Samples, close, derived_seed
 from app.http.schemas import LogprobArrayParams, LogprobRequest, SampleParams
 from app.runtime.config import BackendName, Settings
-from app.runtime.metrics import Metrics
+from app.runtime.metrics import Metrics, StreamTimer
 
 # ----- POST /logprob ----------------------------------------------------------------------------------
 
@@ -123,6 +124,7 @@ class SampleJob:
     chunk: int
     n: int = 1  # samples, each with its own seed derived from spec.seed (samples.derived_seed)
     stop: tuple[str, ...] = ()  # text models: a sample ends before the first of these strings
+    received: float = field(default_factory=time.perf_counter)  # when the request was taken in (the metrics' t0)
 
     def specs(self) -> list[SampleSpec]:
         return [replace(self.spec, seed=derived_seed(self.spec.seed, i)) for i in range(self.n)]
@@ -287,7 +289,7 @@ class Reader:
         return out
 
 
-async def events(job: SampleJob, samples: Samples, settings: Settings) -> AsyncIterator[bytes]:
+async def events(job: SampleJob, samples: Samples, settings: Settings, metrics: Metrics) -> AsyncIterator[bytes]:
     """The SSE body of GET /sample: token events of `chunk` tokens, then done (one per sample), or error.
 
     Whatever the worker has already delivered is written out together, as several events in one send: the
@@ -295,6 +297,7 @@ async def events(job: SampleJob, samples: Samples, settings: Settings) -> AsyncI
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.stream_timeout_s
     reader = Reader(job, samples)
+    timer = StreamTimer(metrics, job.model.name, job.received)
     try:
         while True:
             try:
@@ -312,6 +315,8 @@ async def events(job: SampleJob, samples: Samples, settings: Settings) -> AsyncI
             for i, item in items:
                 for name, data in reader.read(i, item):
                     out.append(sse.event(name, data))
+                    if name == "token":
+                        _timed(timer, samples, len(data["tokens"]))
                     if name == "error":
                         yield b"".join(out)
                         return
@@ -321,6 +326,14 @@ async def events(job: SampleJob, samples: Samples, settings: Settings) -> AsyncI
                 return
     finally:
         await close(samples)  # the client went away, or we are done: the worker drops the generations
+
+
+def _timed(timer: StreamTimer, samples: Samples, tokens: int) -> None:
+    """One token event sent (of any of the request's n samples): the histograms bench.load's figures mirror."""
+    first = samples.streams[0]
+    if timer.last is None and first.gen is not None:  # the first token event: the stream was admitted by now
+        timer.admitted(first.gen.created)
+    timer.token_event(tokens)
 
 
 async def sample_once(job: SampleJob, samples: Samples, settings: Settings) -> dict:
