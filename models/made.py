@@ -12,8 +12,13 @@ so a path from x_j to output i needs j <= ... <= m^L(k) < i. Output 0 sees no hi
 We use the identity ordering (the serving contract generates x_0, x_1, ... in order) and one connectivity
 drawn from `seed` (the paper's single-mask setting, 88.40 nats on binarized MNIST with one layer of 500).
 
+Two options, both off by default (existing artifacts keep their meaning): `direct` adds a masked input -> output
+connection, logit_i += sum_{j<i} V[i, j] x_j (an FVSBN beside the autoencoder, as in NADE's and later MADE
+variants), and `dropout` drops hidden units while training only (the exported, eval-mode graph has none).
+
 The incremental step carries the first layer's pre-activation accumulator: once x_{i-1} is known it adds its masked
-column, O(H1); the upper layers are recomputed and only output row i is evaluated.
+column, O(H1); the upper layers are recomputed and only output row i is evaluated. With `direct`, it also carries
+the direct connection's running pre-activations of every position, as FVSBN's step does, O(D).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ class MADEConfig:
     hidden: tuple[int, ...] = (500,)  # hidden layer sizes (the paper's single-mask MNIST model: one layer of 500)
     seed: int = 0  # draws the hidden units' degrees, i.e. the connectivity; part of the model's identity
     vocab_size: int = 2  # Bernoulli outputs
+    direct: bool = False  # a masked input -> output connection (strictly lower triangular)
+    dropout: float = 0.0  # on every hidden layer's units, training only
 
     def __post_init__(self):
         # configs read back from JSON checkpoints carry lists; keep the frozen config hashable
@@ -42,8 +49,8 @@ class MADEConfig:
 class MaskedLinear(nn.Linear):
     """nn.Linear whose weight is multiplied by a fixed 0/1 mask (a buffer) on every use."""
 
-    def __init__(self, mask: Tensor):
-        super().__init__(mask.shape[1], mask.shape[0])
+    def __init__(self, mask: Tensor, bias: bool = True):
+        super().__init__(mask.shape[1], mask.shape[0], bias=bias)
         self.register_buffer("mask", mask.bool())  # (out, in); bool keeps the artifact small
 
     def forward(self, x: Tensor) -> Tensor:
@@ -85,6 +92,9 @@ class MADE(ARModel):
         if config.length < 2 or not config.hidden or min(config.hidden) < 1:
             raise ValueError(f"MADE needs length >= 2 and non-empty hidden layers, got {config}")
         self.layers = nn.ModuleList(MaskedLinear(m) for m in made_masks(config.length, config.hidden, config.seed))
+        self.drop = nn.Dropout(config.dropout)
+        if config.direct:  # output i sees x_j for j < i; the output layer's bias serves both
+            self.direct = MaskedLinear(torch.tril(torch.ones(config.length, config.length), diagonal=-1), bias=False)
 
     @classmethod
     def tiny_configs(cls) -> list[MADEConfig]:
@@ -92,28 +102,39 @@ class MADE(ARModel):
             MADEConfig(length=8, hidden=(16,), seed=0),
             MADEConfig(length=5, hidden=(3, 4), seed=1),
             MADEConfig(length=12, hidden=(9, 20, 6), seed=2),
+            MADEConfig(length=7, hidden=(10,), seed=3, direct=True, dropout=0.5),  # dropout: training only
         ]
 
     def state_spec(self):
-        return [("acc", (self.config.hidden[0],), torch.float32)]
+        spec = [("acc", (self.config.hidden[0],), torch.float32)]
+        if self.config.direct:
+            spec.append(("direct", (self.config.length,), torch.float32))
+        return spec
 
     def _conditionals(self, x: Tensor) -> Tensor:
         h = x.to(self.layers[0].weight.dtype)  # (B, D)
         for layer in self.layers[:-1]:
-            h = torch.relu(layer(h))  # (B, H_l)
+            h = self.drop(torch.relu(layer(h)))  # (B, H_l)
         logit = self.layers[-1](h)  # (B, D)
+        if self.config.direct:
+            logit = logit + self.direct(x.to(logit.dtype))
         return bernoulli_logits(logit)  # (B, D, 2)
 
     def _step(self, x_prev: Tensor, pos: Tensor, state: State) -> tuple[Tensor, State]:
-        (acc,) = state
+        acc = state[0]
         first, out = self.layers[0], self.layers[-1]
         prev = (pos - 1).clamp(min=0)
-        gate = torch.where(pos > 0, x_prev.to(acc.dtype), torch.zeros_like(acc[:, 0]))
+        gate = torch.where(pos > 0, x_prev.to(acc.dtype), torch.zeros_like(acc[:, 0])).unsqueeze(-1)  # (B, 1)
         col = first.weight.t()[prev] * first.mask.t()[prev]  # (B, H1): masked column of x_{pos-1}
-        acc = acc + col * gate.unsqueeze(-1)  # first-layer pre-activation without its bias
+        acc = acc + col * gate  # first-layer pre-activation without its bias
         h = torch.relu(acc + first.bias)  # (B, H1)
         for layer in self.layers[1:-1]:
             h = torch.relu(layer(h))  # (B, H_l)
         row = out.weight[pos] * out.mask[pos]  # (B, H_L): the masked output row of position pos only
         logit = (h * row).sum(-1) + out.bias[pos]  # (B,)
-        return bernoulli_logits(logit), (acc,)
+        if not self.config.direct:
+            return bernoulli_logits(logit), (acc,)
+        # the direct connection's pre-activations of every position, x_{pos-1}'s masked column added
+        s = state[1] + (self.direct.weight.t()[prev] * self.direct.mask.t()[prev]) * gate  # (B, D)
+        logit = logit + s.gather(1, pos.unsqueeze(1)).squeeze(1)
+        return bernoulli_logits(logit), (acc, s)

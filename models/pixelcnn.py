@@ -115,6 +115,8 @@ class PixelCNN(ARModel):
             PixelCNNConfig(height=3, width=3, channels=4, n_layers=1, first_kernel=3),  # 2^9 images
             PixelCNNConfig(height=4, width=5, channels=6, n_layers=2, first_kernel=5),
             PixelCNNConfig(height=6, width=7, channels=5, n_layers=2, first_kernel=7, kernel=3),
+            # deep, as the 12-layer recipe: the step's window (reach 6) is wider and taller than the image
+            PixelCNNConfig(height=5, width=4, channels=3, n_layers=5, first_kernel=3, kernel=3),
         ]
 
     def state_spec(self):
