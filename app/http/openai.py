@@ -360,7 +360,9 @@ def prepare(req: CompletionRequest, model: ServedModel, settings: Settings) -> C
     return Completion(req, model, prompts, max_new, stop_strings(req, m), model.pick_backend(None))
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses={200: {
+    "description": "the completion as JSON, or with `stream: true` data-only server-sent events ending in [DONE]",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
 async def completions(req: CompletionRequest, request: Request, registry: RegistryDep, settings: SettingsDep):
     completion = prepare(req, text_model(request, registry, req.model), settings)
     await completion.score_prompts(settings)
