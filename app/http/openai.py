@@ -44,6 +44,11 @@ from app.http.sse import EventStreamResponse
 from app.runtime.config import Settings
 from app.runtime.manifest import Manifest
 
+# One event of a streamed completion, as OpenAPI 3.1 describes an event-stream item: data-only events (the
+# default event name), each a JSON chunk, or the literal [DONE] at the end.
+STREAM_EVENT = {"type": "object", "required": ["data"],
+                "properties": {"event": {"type": "string", "enum": ["message", "error"]}, "data": {"type": "string"}}}
+
 router = APIRouter(route_class=JSONRoute, responses=OPENAI_ERROR_RESPONSES)  # bounded bodies, errors documented
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default when max_tokens is not sent
@@ -362,7 +367,7 @@ def prepare(req: CompletionRequest, model: ServedModel, settings: Settings) -> C
 
 @router.post("/v1/completions", responses={200: {
     "description": "the completion as JSON, or with `stream: true` data-only server-sent events ending in [DONE]",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+    "content": {"text/event-stream": {"schema": STREAM_EVENT}}}})
 async def completions(req: CompletionRequest, request: Request, registry: RegistryDep, settings: SettingsDep):
     completion = prepare(req, text_model(request, registry, req.model), settings)
     await completion.score_prompts(settings)
