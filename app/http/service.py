@@ -82,9 +82,7 @@ class SampleJob:
     def start(self) -> Stream:
         m = self.model.manifest
         mixture = m.distribution == "gaussian_mixture"
-        return self.model.worker.open(
-            self.backend, lambda b: Generation(self.spec, b.init_state(1), mixture, m.token_dtype)
-        )
+        return self.model.worker.open(self.backend, Generation(self.spec, mixture, m.token_dtype))
 
 
 def prepare_sample(p: SampleParams, model: ServedModel, settings: Settings) -> SampleJob:
@@ -141,9 +139,8 @@ class StreamSlots:
         return release
 
 
-def token_event(job: SampleJob, pending: list[tuple]) -> dict:
-    tokens = [t for _, t, _ in pending]
-    data = {"index": pending[0][0], "tokens": tokens, "logprobs": [lp for _, _, lp in pending]}
+def token_event(job: SampleJob, index: int, tokens: list, logprobs: list[float]) -> dict:
+    data = {"index": index, "tokens": tokens, "logprobs": logprobs}
     if job.model.manifest.modality == "text":
         data["text"] = codecs.decode_text(tokens, job.model.manifest)
     return data
@@ -173,7 +170,7 @@ async def events(job: SampleJob, stream: Stream, settings: Settings) -> AsyncIte
     events are the same as one at a time, but a fast model does not pay a socket write per token."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.stream_timeout_s
-    pending: list[tuple] = []
+    index, tokens, logprobs = 0, [], []  # drawn, not yet sent: position of the first, tokens, log-probs
     try:
         while True:
             try:
@@ -187,13 +184,19 @@ async def events(job: SampleJob, stream: Stream, settings: Settings) -> AsyncIte
                 items = [("error", "timeout", f"the stream ran past {limit}")]
             out = []
             for item in items:
-                if item[0] == "token":
-                    pending.append(item[1:])
-                    if len(pending) < job.chunk:
-                        continue
-                if pending:
-                    out.append(sse.event("token", token_event(job, pending)))
-                    pending = []
+                if item[0] == "tokens":  # the worker hands over whatever it drew; events carry `chunk` tokens
+                    if not tokens:
+                        index = item[1]
+                    tokens += item[2]
+                    logprobs += item[3]
+                    while len(tokens) >= job.chunk:
+                        n = job.chunk
+                        out.append(sse.event("token", token_event(job, index, tokens[:n], logprobs[:n])))
+                        index, tokens, logprobs = index + n, tokens[n:], logprobs[n:]
+                    continue
+                if tokens:
+                    out.append(sse.event("token", token_event(job, index, tokens, logprobs)))
+                    tokens, logprobs = [], []
                 if item[0] == "done":
                     out.append(sse.event("done", done_event(job, item[1])))
                 elif item[0] == "error":

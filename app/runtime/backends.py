@@ -1,8 +1,10 @@
 """The small protocol the engine runs models through, and its two implementations.
 
 A backend turns an exported folder into three numpy functions; everything about the model (graph input
-and output names, state tensors, dtypes) comes from the manifest. State is a list of numpy arrays with
-the batch first, so the engine can batch rows of different requests by concatenating them.
+and output names, state tensors, dtypes, how a step updates each state tensor) comes from the manifest.
+State is a list of numpy arrays with the batch first. A state tensor declared `update: "slots"` is written
+in place by `step`, in the caller's array (which must be C-contiguous): ONNX Runtime gets the same buffer
+bound as the graph's input and output, TorchScript writes the tensor it was given.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from app.runtime.config import BackendName
-from app.runtime.manifest import Manifest
+from app.runtime.manifest import Manifest, StateTensor
 
 log = logging.getLogger("arserve")
 
@@ -24,6 +26,7 @@ FILES: dict[str, tuple[str, ...]] = {"onnx": ("score.onnx", "step.onnx"), "torch
 
 class Backend(Protocol):
     name: str
+    updates: list[str]  # per state tensor, how a step changes it: "replace" or "slots" (in place)
 
     def log_prob(self, x: np.ndarray) -> np.ndarray:
         """x [B, T] -> per-position log-probabilities (log-densities for continuous models) [B, T]."""
@@ -33,7 +36,8 @@ class Backend(Protocol):
 
     def step(self, x_prev: np.ndarray, pos: np.ndarray, state: list[np.ndarray]
              ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """x_prev [B] (token at pos - 1), pos [B] int64, state -> (params [B, P], new state)."""
+        """x_prev [B] (token at pos - 1), pos [B] int64, state -> (params [B, P], new state). The "slots"
+        tensors of state are updated in place (and returned as given); the others are returned new."""
         ...
 
 
@@ -43,6 +47,31 @@ def direct_run(session):
     the graph declares: the manifest lists them and the exporter keeps unused ones, so the checks never fail."""
     inner = getattr(session, "_sess", None)
     return session.run if inner is None else (lambda outputs, feed: inner.run(outputs, feed, None))
+
+
+def bound_step(session, io, spec: list[StateTensor], x_prev, pos, state) -> tuple[np.ndarray, list[np.ndarray]]:
+    """One step.onnx run; "slots" state tensors bound as both input and output over the caller's arrays, so
+    that the graph's in-place ops (GroupQueryAttention's shared KV buffer, ScatterElements) write the caller's
+    buffer and nothing is copied. Without such tensors, the plain run is cheaper (no binding calls)."""
+    import onnxruntime as ort
+
+    binding = session.io_binding()
+    binding.bind_cpu_input(io.step_inputs[0], x_prev)
+    binding.bind_cpu_input(io.step_inputs[1], pos)
+    binding.bind_output(io.step_outputs[0])
+    for s, name, out, value in zip(spec, io.step_inputs[2:], io.step_outputs[1:], state, strict=True):
+        if s.update == "slots":
+            shared = ort.OrtValue.ortvalue_from_numpy(value)  # wraps the array's memory (CPU): no copy
+            binding.bind_ortvalue_input(name, shared)
+            binding.bind_ortvalue_output(out, shared)
+        else:
+            binding.bind_cpu_input(name, value)
+            binding.bind_output(out)
+    session.run_with_iobinding(binding)
+    outputs = binding.get_outputs()  # in binding order: params, then the state tensors
+    new = [value if s.update == "slots" else o.numpy()
+           for s, value, o in zip(spec, state, outputs[1:], strict=True)]
+    return outputs[0].numpy(), new
 
 
 class OnnxBackend:
@@ -62,6 +91,8 @@ class OnnxBackend:
         self.run_step = direct_run(self.stepper)
         self.io = m.io
         self.state_spec = m.state
+        self.updates = [s.update for s in m.state]
+        self.in_place = "slots" in self.updates
 
     def log_prob(self, x: np.ndarray) -> np.ndarray:
         return self.score.run(self.io.score_outputs[:1], {self.io.score_inputs[0]: x})[0]
@@ -70,6 +101,8 @@ class OnnxBackend:
         return [np.zeros((batch, *s.shape[1:]), dtype=s.dtype) for s in self.state_spec]
 
     def step(self, x_prev, pos, state):
+        if self.in_place:
+            return bound_step(self.stepper, self.io, self.state_spec, x_prev, pos, state)
         feed = dict(zip(self.io.step_inputs, [x_prev, pos, *state], strict=True))
         params, *new_state = self.run_step(self.io.step_outputs, feed)
         return params, new_state
@@ -83,12 +116,13 @@ class TorchScriptBackend:
 
         torch.set_num_threads(threads)
         self.torch = torch
+        self.updates = [s.update for s in m.state]
         with warnings.catch_warnings():  # "torch.jit.load is deprecated": TorchScript is the artifact we ship
             warnings.simplefilter("ignore", DeprecationWarning)
             self.module = torch.jit.load(str(folder / "model.pt"), map_location="cpu").eval()
 
     def _t(self, a: np.ndarray):
-        return self.torch.from_numpy(np.ascontiguousarray(a))
+        return self.torch.from_numpy(np.ascontiguousarray(a))  # shares a contiguous array: in-place writes land in it
 
     def log_prob(self, x: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
