@@ -51,6 +51,7 @@ def checkout(commit: str, paths: list[str], into: Path) -> Path:
 def old_generation_module(root: Path):
     spec = importlib.util.spec_from_file_location("baseline_generation", root / "app/engine/generation.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 

@@ -15,7 +15,7 @@ import torch
 
 import models
 from app.engine.sampling import sample_categorical, sample_mixture
-from app.runtime.backends import bound_step, direct_run
+from app.runtime.backends import BoundStep, direct_run
 from app.runtime.manifest import GraphIO, StateTensor, load_manifest
 from models.base import ARModel
 
@@ -110,7 +110,8 @@ class OnnxRuntime(Runtime):
         self.step_outputs = [o.name for o in self.step_session.get_outputs()]
         names = [s.name for s in state]
         self.io = GraphIO(step_inputs=["x_prev", "pos", *names], step_outputs=self.step_outputs)
-        self.in_place = any(s.update == "slots" for s in state)
+        in_place = any(s.update == "slots" for s in state)
+        self.bound_step = BoundStep(self.step_session, self.io, state) if in_place else None
 
     @classmethod
     def from_folder(cls, folder: str | Path, threads: int | None = None) -> OnnxRuntime:
@@ -123,8 +124,8 @@ class OnnxRuntime(Runtime):
         return [np.zeros([batch, *s.shape[1:]], dtype=s.dtype) for s in self.state]
 
     def step(self, x_prev, pos, state):
-        if self.in_place:  # the service's way: "slots" tensors bound as input and output, written in place
-            return bound_step(self.step_session, self.io, self.state, x_prev, pos, state)
+        if self.bound_step is not None:  # the service's way: "slots" tensors bound as input and output, in place
+            return self.bound_step(x_prev, pos, state)
         feeds = {"x_prev": x_prev, "pos": pos, **{s.name: v for s, v in zip(self.state, state, strict=True)}}
         params, *new = self.run_step(self.step_outputs, feeds)
         return params, new

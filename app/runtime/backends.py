@@ -49,29 +49,42 @@ def direct_run(session):
     return session.run if inner is None else (lambda outputs, feed: inner.run(outputs, feed, None))
 
 
-def bound_step(session, io, spec: list[StateTensor], x_prev, pos, state) -> tuple[np.ndarray, list[np.ndarray]]:
-    """One step.onnx run; "slots" state tensors bound as both input and output over the caller's arrays, so
+class BoundStep:
+    """step.onnx runs with "slots" state tensors bound as both input and output over the caller's arrays, so
     that the graph's in-place ops (GroupQueryAttention's shared KV buffer, ScatterElements) write the caller's
-    buffer and nothing is copied. Without such tensors, the plain run is cheaper (no binding calls)."""
-    import onnxruntime as ort
+    buffer and nothing is copied. The binding is kept between runs while the caller passes the same buffers
+    (binding an output costs tens of µs); only x_prev and pos are bound anew."""
 
-    binding = session.io_binding()
-    binding.bind_cpu_input(io.step_inputs[0], x_prev)
-    binding.bind_cpu_input(io.step_inputs[1], pos)
-    binding.bind_output(io.step_outputs[0])
-    for s, name, out, value in zip(spec, io.step_inputs[2:], io.step_outputs[1:], state, strict=True):
-        if s.update == "slots":
-            shared = ort.OrtValue.ortvalue_from_numpy(value)  # wraps the array's memory (CPU): no copy
-            binding.bind_ortvalue_input(name, shared)
-            binding.bind_ortvalue_output(out, shared)
-        else:
-            binding.bind_cpu_input(name, value)
-            binding.bind_output(out)
-    session.run_with_iobinding(binding)
-    outputs = binding.get_outputs()  # in binding order: params, then the state tensors
-    new = [value if s.update == "slots" else o.numpy()
-           for s, value, o in zip(spec, state, outputs[1:], strict=True)]
-    return outputs[0].numpy(), new
+    def __init__(self, session, io, spec: list[StateTensor]):
+        self.session, self.io, self.spec = session, io, spec
+        self.key: tuple | None = None
+        self.binding = None
+
+    def __call__(self, x_prev, pos, state) -> tuple[np.ndarray, list[np.ndarray]]:
+        import onnxruntime as ort
+
+        key = tuple((a.__array_interface__["data"][0], a.shape) for a in state)
+        if key != self.key:
+            self.binding, self.key = self.session.io_binding(), key
+            self.binding.bind_output(self.io.step_outputs[0])
+            for s, name, out, value in zip(self.spec, self.io.step_inputs[2:], self.io.step_outputs[1:], state,
+                                           strict=True):
+                if s.update == "slots":
+                    shared = ort.OrtValue.ortvalue_from_numpy(value)  # wraps the array's memory (CPU): no copy
+                    self.binding.bind_ortvalue_input(name, shared)
+                    self.binding.bind_ortvalue_output(out, shared)
+                else:
+                    self.binding.bind_cpu_input(name, value)  # backed by the array's memory, read at each run
+                    self.binding.bind_output(out)
+        self.binding.bind_cpu_input(self.io.step_inputs[0], x_prev)
+        self.binding.bind_cpu_input(self.io.step_inputs[1], pos)
+        self.session.run_with_iobinding(self.binding)
+        # In binding order: params, then the state tensors. The binding keeps its output buffers for the next run,
+        # so what is returned is copied out (params and "replace" tensors: small).
+        outputs = self.binding.get_outputs()
+        new = [value if s.update == "slots" else np.array(o.numpy())
+               for s, value, o in zip(self.spec, state, outputs[1:], strict=True)]
+        return np.array(outputs[0].numpy()), new
 
 
 class OnnxBackend:
@@ -92,7 +105,7 @@ class OnnxBackend:
         self.io = m.io
         self.state_spec = m.state
         self.updates = [s.update for s in m.state]
-        self.in_place = "slots" in self.updates
+        self.bound_step = BoundStep(self.stepper, m.io, m.state) if "slots" in self.updates else None
 
     def log_prob(self, x: np.ndarray) -> np.ndarray:
         return self.score.run(self.io.score_outputs[:1], {self.io.score_inputs[0]: x})[0]
@@ -101,8 +114,8 @@ class OnnxBackend:
         return [np.zeros((batch, *s.shape[1:]), dtype=s.dtype) for s in self.state_spec]
 
     def step(self, x_prev, pos, state):
-        if self.in_place:
-            return bound_step(self.stepper, self.io, self.state_spec, x_prev, pos, state)
+        if self.bound_step is not None:
+            return self.bound_step(x_prev, pos, state)
         feed = dict(zip(self.io.step_inputs, [x_prev, pos, *state], strict=True))
         params, *new_state = self.run_step(self.io.step_outputs, feed)
         return params, new_state
