@@ -12,8 +12,10 @@ Two figures per model and batch size B, each as rows (tokens) per second:
 - engine: the generation loop (step, draw, log-prob, bookkeeping) of B seeded samples: the baseline commit's
   app/engine/generation.py on its artifacts beside this tree's Batch on this tree's artifacts.
 
-The machine is shared, so baseline and now are timed in alternation, round after round, and each figure is
-the median over rounds. Results: bench/results/state.{json,md}.
+The machine is shared, so baseline and now are timed in alternation, round after round, each figure is the
+median over rounds, and time is the CPU time of the calling thread (ONNX Runtime runs there with one
+intra-op thread), not wall time, which on a loaded machine is mostly waiting. Results:
+bench/results/state.{json,md}.
 """
 
 from __future__ import annotations
@@ -112,12 +114,14 @@ def engine_timer(module, folder: Path, B: int, now: bool, tokens: int):
 
 
 def timed(fn, repeats: int) -> float:
+    """Median CPU seconds of this thread per call: ONNX Runtime runs on the calling thread (one intra-op
+    thread), and on a shared machine wall time is mostly time spent waiting for a core."""
     fn()  # warm-up
     t = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.thread_time()
         fn()
-        t.append(time.perf_counter() - start)
+        t.append(time.thread_time() - start)
     return statistics.median(t)
 
 
@@ -136,7 +140,7 @@ def run(baseline: str, models: list[str], rounds: int, engine_tokens: int) -> di
                 }
                 for what, (before, after) in sides.items():
                     rows = B * (engine_tokens if what == "engine" else 1)
-                    reps = 1 if what == "engine" else 20
+                    reps = 3 if what == "engine" else 20
                     b, a = [], []
                     for _ in range(rounds):  # alternate, so that load from other processes hits both alike
                         b.append(rows / timed(before, reps))
@@ -148,7 +152,8 @@ def run(baseline: str, models: list[str], rounds: int, engine_tokens: int) -> di
 
 
 def markdown(results: dict, baseline: str, command: str) -> str:
-    lines = [f"Rows per second at B = {' / '.join(map(str, BATCHES))}, baseline {baseline} -> now (`{command}`)", "",
+    lines = [f"Rows per CPU second at B = {' / '.join(map(str, BATCHES))}, baseline {baseline} -> now (`{command}`)",
+             "",
              "| model | step: baseline | step: now | engine: baseline | engine: now |", "|---|---|---|---|---|"]
     for name, r in results.items():
         cells = [" / ".join(f"{r[what][B][side] / 1000:.1f}k" for B in BATCHES)

@@ -260,5 +260,8 @@ class _GroupQueryAttention(torch.autograd.Function):
         seqlens_k = g.op("Cast", pos, to_i=int32)  # slots before this one, per row
         one = g.op("Constant", value_t=torch.tensor(1, dtype=torch.int64))
         total = g.op("Cast", g.op("Add", g.op("ReduceMax", pos, keepdims_i=0), one), to_i=int32)  # the longest row
-        return g.op("com.microsoft::GroupQueryAttention", q, k, v, k_cache, v_cache, seqlens_k, total,
-                    num_heads_i=n_head, kv_num_heads_i=n_head, scale_f=head_dim**-0.5, outputs=3)
+        y, new_k, new_v = g.op("com.microsoft::GroupQueryAttention", q, k, v, k_cache, v_cache, seqlens_k, total,
+                               num_heads_i=n_head, kv_num_heads_i=n_head, scale_f=head_dim**-0.5, outputs=3)
+        for out, like in ((y, q), (new_k, k_cache), (new_v, v_cache)):  # ONNX has no shape inference for it
+            out.setType(like.type())
+        return y, new_k, new_v

@@ -280,14 +280,14 @@ def _write_torchscript(model: ARModel, path: Path) -> None:
 
 
 def _onnx_export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
-                 dynamic: dict[str, dict[int, str]]) -> None:
+                 dynamic: dict[str, dict[int, str]], custom_opsets: dict[str, int] | None = None) -> None:
     # No constant folding: folded slices and transposes of a weight are new tensors that the other graph
     # does not hold, so the weights could no longer be shared; onnxruntime folds them itself at load time.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter, chosen on purpose
         torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=dynamic,
                           opset_version=OPSET, do_constant_folding=False, dynamo=False,
-                          custom_opsets={CONTRIB_DOMAIN: 1})
+                          custom_opsets=custom_opsets)
 
 
 def _restore_inputs(proto: onnx.ModelProto, wanted: list[tuple[str, str, list]]) -> None:
@@ -313,7 +313,8 @@ def _write_onnx(model: ARModel, folder: Path) -> dict[str, onnx.ModelProto]:
     x_prev, pos, state = _step_example(model, 2)
     with exporting_onnx():  # attention caches as ONNX Runtime's in-place GroupQueryAttention
         _onnx_export(_StepGraph(model), (x_prev, pos, *state), folder / "step.tmp.onnx", step_in, step_out,
-                     {n: {0: "batch"} for n in step_in + step_out})
+                     {n: {0: "batch"} for n in step_in + step_out},
+                     {CONTRIB_DOMAIN: 1} if model.state_slots() else None)
     score, step = (onnx.load(str(folder / f"{n}.tmp.onnx")) for n in ("score", "step"))
     _restore_inputs(score, [("x", tok, x_shape)])
     _restore_inputs(step, [("x_prev", tok, ["batch"]), ("pos", "int64", ["batch"])]
