@@ -173,6 +173,8 @@ class Batch:
 
     def step(self, backend: Backend, k: int) -> tuple[list[Generation], int]:
         """Advance rows [0, k) by one position; returns (the members that finished, tokens drawn)."""
+        if k == 1 and not self.mixture:
+            return self._step_one(backend)
         rows = self._rows[:k]
         pos = self.pos[:k]
         x_prev = self.seq[rows, np.maximum(pos - 1, 0)]  # (k,); position 0 reads its own slot, which the model ignores
@@ -199,6 +201,31 @@ class Batch:
         for g in done:
             g.finished = now
         return done, len(draw_rows)
+
+    def _step_one(self, backend: Backend) -> tuple[list[Generation], int]:
+        """`step` for a single row on Python scalars: numpy calls on one-element arrays cost more than a fast
+        model's step (the same arithmetic, so the same tokens)."""
+        pos, g = int(self.pos[0]), self.gens[0]
+        params, new = backend.step(self.seq[0:1, max(pos - 1, 0)], self.pos[0:1].copy(), [b[:1] for b in self.state])
+        for buf, fresh, in_place in zip(self.state, new, self.in_place, strict=True):
+            if not in_place:
+                buf[:1] = fresh
+        drawn = pos >= self.plen[0]
+        if drawn:
+            c = int(self.ucur[0])
+            if c >= UNIFORMS:
+                self.u[0], c = g.rng.random(UNIFORMS), 0
+            self.ucur[0] = c + 1
+            row = np.asarray(params[0], dtype=np.float64)
+            token = draw_row(row, float(self.u[0, c]), *g.draw_settings)
+            self.seq[0, pos], self.lps[0, pos] = token, token_log_softmax(row, token)
+            if pos == self.plen[0]:
+                self.first[0] = time.perf_counter()
+        self.pos[0] = pos + 1
+        if pos + 1 < self.end[0]:
+            return [], int(drawn)
+        g.finished = time.perf_counter()
+        return [g], int(drawn)
 
     def _draw(self, params: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         u = self._uniforms(rows)
