@@ -97,6 +97,7 @@ def test_tokens_are_handed_over_once_in_order(artifacts):
             seen += [(i, t) for _, i, t, _ in batch.take_new()]
     last = batch.leave(gen)
     seen.append((last[1], last[2]))
+    assert batch.capacity == 0 and backend.bound_step.binding is None  # no buffer held once the batch is empty
     flat = [t for _, ts in seen for t in ts]
     assert seen[0][0] == 2 and flat == gen.tokens and len(flat) == m.length - 2
     assert [i for i, _ in seen] == list(np.cumsum([2] + [len(t) for _, t in seen[:-1]]))

@@ -108,7 +108,7 @@ class Batch:
     """
 
     def __init__(self, backend: Backend, max_rows: int):
-        self.backend_name, self.max_rows = backend.name, max_rows
+        self.backend, self.backend_name, self.max_rows = backend, backend.name, max_rows
         self.in_place = [u == "slots" for u in backend.updates]
         self.gens: list[Generation] = []  # row order
         self.capacity, self.width = 0, 0
@@ -155,6 +155,7 @@ class Batch:
         self._version += 1
         if not self.gens:
             self._free()
+            getattr(self.backend, "release", lambda: None)()  # a binding kept over our buffers lets them go
         return out
 
     def front(self, runnable) -> int:

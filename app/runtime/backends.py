@@ -113,6 +113,11 @@ class OnnxBackend:
     def init_state(self, batch: int) -> list[np.ndarray]:
         return [np.zeros((batch, *s.shape[1:]), dtype=s.dtype) for s in self.state_spec]
 
+    def release(self) -> None:
+        """Forget the kept binding (it holds the caller's buffers)."""
+        if self.bound_step is not None:
+            self.bound_step.key = self.bound_step.binding = None
+
     def step(self, x_prev, pos, state):
         if self.bound_step is not None:
             return self.bound_step(x_prev, pos, state)
