@@ -9,13 +9,16 @@ writes into the model's folder:
     score.onnx     x [batch, T] -> log_prob [batch, T]            (T symbolic for variable-length models)
     step.onnx      x_prev [batch], pos [batch], *state -> params [batch, P], *new_state
     weights.bin    the ONNX initializers of both graphs as external data, each distinct tensor stored once
-    manifest.json  app.runtime.manifest.Manifest: shapes, vocabulary, state tensors, io names, sha256 of every file
+    manifest.json  app.runtime.manifest.Manifest: shapes, vocabulary, state tensors (and how a step updates each:
+                   replaced, or written in place at declared slots; docs/state.md), io names, sha256 of every file
 
 The cores (``_conditionals`` + ``params_log_prob``, and ``_step``) are traced, at a batch size other than 1
 and, for variable-length models, at a length shorter than the maximum, so that a shape baked into a trace
 shows up in the parity gate: before anything is written, eager, TorchScript and ONNX Runtime must agree on
 per-position log-probs (1e-4) at other batch sizes and lengths, and a seeded step loop must draw the same
-tokens in all three. An export that fails the gate raises ``ExportError`` and leaves out_dir untouched.
+tokens in all three, with "slots" state tensors kept as the service keeps them (written in place, ONNX Runtime
+through shared input/output buffers), and a step from a random state may change them only at their declared
+slots. An export that fails the gate raises ``ExportError`` and leaves out_dir untouched.
 """
 
 from __future__ import annotations
