@@ -73,9 +73,9 @@ def draw_inprocess(s: Served, n: int, streams: int = 1) -> tuple[float, float]:
                        m.token_dtype) for i in range(streams)]
     batch = Batch(s.backend, streams)  # the worker's slot buffers, stepped the same way
     for g in gens:
-        batch.join(g, s.backend)
+        batch.join(g)
     while len(batch):
-        done, _ = batch.step(s.backend, len(batch))
+        done, _ = batch.step(len(batch))
         for g in done:
             batch.leave(g)
     return time.perf_counter() - t0, gens[0].first_token - t0

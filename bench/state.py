@@ -100,9 +100,9 @@ def engine_timer(module, folder: Path, B: int, now: bool, tokens: int):
             batch = module.Batch(backend, B)
             gens = [module.Generation(spec(i), mixture, m.token_dtype) for i in range(B)]
             for g in gens:
-                batch.join(g, backend)
+                batch.join(g)
             for _ in range(tokens):
-                batch.step(backend, B)
+                batch.step(B)
             batch.take_new()
         else:
             gens = [module.Generation(spec(i), backend.init_state(1), mixture, m.token_dtype) for i in range(B)]

@@ -65,13 +65,13 @@ def test_members_joining_pausing_and_leaving_draw_what_each_draws_alone(artifact
     batch, turn, finished = Batch(backend, max_rows=4), 0, []
     while len(finished) < 4:
         for i in joins.get(turn, []):
-            batch.join(gens[i], backend)
+            batch.join(gens[i])
         if turn == 3:
             batch.leave(gens[4])  # a client that goes away mid-generation
         # Generation 1 pauses every third turn (a slow reader), so the runnable rows move every few turns.
         paused = gens[1] if turn % 3 == 2 else None
         k = batch.front(lambda g, paused=paused: g is not paused)
-        done, _ = batch.step(backend, k) if k else ([], 0)
+        done, _ = batch.step(k) if k else ([], 0)
         for g in done:
             batch.leave(g)
             finished.append(g)
@@ -89,10 +89,10 @@ def test_tokens_are_handed_over_once_in_order(artifacts):
     backend = load("onnx", artifacts / "tiny-transformer", m, 1)
     gen = make(m, 9, m.length - 2, [1, 2])
     batch = Batch(backend, max_rows=2)
-    batch.join(gen, backend)
+    batch.join(gen)
     seen: list[tuple[int, list]] = []
     for turn in range(gen.end):
-        batch.step(backend, 1)
+        batch.step(1)
         if turn % 3 == 1:
             seen += [(i, t) for _, i, t, _ in batch.take_new()]
     last = batch.leave(gen)

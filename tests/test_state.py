@@ -65,9 +65,9 @@ def _draw(folder, backend_name: str) -> list:
     gens = [Generation(SampleSpec(max_new=6, prefix=np.zeros(0, np.int64), seed=s), False, m.token_dtype)
             for s in (3, 4)]
     for g in gens:
-        batch.join(g, backend)
+        batch.join(g)
     while len(batch):
-        for g in batch.step(backend, len(batch))[0]:
+        for g in batch.step(len(batch))[0]:
             batch.leave(g)
     return [g.tokens for g in gens]
 

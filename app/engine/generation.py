@@ -122,14 +122,14 @@ class Batch:
 
     # ----- membership ----------------------------------------------------------------------------------
 
-    def join(self, gen: Generation, backend: Backend) -> None:
+    def join(self, gen: Generation) -> None:
         if len(self.gens) >= self.max_rows:
             raise ValueError(f"batch is full ({self.max_rows} rows)")
         if not self.gens:
             self.mixture, self.token_dtype = gen.mixture, gen.token_dtype
         r = len(self.gens)
         if r == self.capacity or gen.end > self.width:
-            self._resize(backend, max(r + 1, min(2 * self.capacity, self.max_rows)), max(self.width, gen.end))
+            self._resize(max(r + 1, min(2 * self.capacity, self.max_rows)), max(self.width, gen.end))
         for buf in self.state:
             buf[r] = 0  # every state starts as zeros
         plen = len(gen.spec.prefix)
@@ -172,15 +172,15 @@ class Batch:
 
     # ----- one step ------------------------------------------------------------------------------------
 
-    def step(self, backend: Backend, k: int) -> tuple[list[Generation], int]:
+    def step(self, k: int) -> tuple[list[Generation], int]:
         """Advance rows [0, k) by one position; returns (the members that finished, tokens drawn)."""
         if k == 1 and not self.mixture:
-            return self._step_one(backend)
+            return self._step_one()
         rows = self._rows[:k]
         pos = self.pos[:k]
         x_prev = self.seq[rows, np.maximum(pos - 1, 0)]  # (k,); position 0 reads its own slot, which the model ignores
         views = [buf[:k] for buf in self.state]
-        params, new = backend.step(x_prev, pos.copy(), views)
+        params, new = self.backend.step(x_prev, pos.copy(), views)
         for view, fresh, in_place in zip(views, new, self.in_place, strict=True):
             if not in_place:
                 view[...] = fresh
@@ -203,11 +203,12 @@ class Batch:
             g.finished = now
         return done, len(draw_rows)
 
-    def _step_one(self, backend: Backend) -> tuple[list[Generation], int]:
+    def _step_one(self) -> tuple[list[Generation], int]:
         """`step` for a single row on Python scalars: numpy calls on one-element arrays cost more than a fast
         model's step (the same arithmetic, so the same tokens)."""
         pos, g = int(self.pos[0]), self.gens[0]
-        params, new = backend.step(self.seq[0:1, max(pos - 1, 0)], self.pos[0:1].copy(), [b[:1] for b in self.state])
+        x_prev, views = self.seq[0:1, max(pos - 1, 0)], [b[:1] for b in self.state]
+        params, new = self.backend.step(x_prev, self.pos[0:1].copy(), views)
         for buf, fresh, in_place in zip(self.state, new, self.in_place, strict=True):
             if not in_place:
                 buf[:1] = fresh
@@ -303,9 +304,9 @@ class Batch:
         self.gens[i], self.gens[j] = self.gens[j], self.gens[i]
         self._version += 1
 
-    def _resize(self, backend: Backend, capacity: int, width: int) -> None:
+    def _resize(self, capacity: int, width: int) -> None:
         n = len(self.gens)
-        fresh = self._allocate(backend, capacity, width)
+        fresh = self._allocate(capacity, width)
         for name, old in zip(_ROW_ARRAYS, [getattr(self, name) for name in _ROW_ARRAYS], strict=True):
             new = fresh[name]
             if name in ("seq", "lps"):
@@ -313,14 +314,14 @@ class Batch:
             else:
                 new[:n] = old[:n]
             setattr(self, name, new)
-        state = backend.init_state(capacity)
+        state = self.backend.init_state(capacity)
         for new, old in zip(state, self.state or [None] * len(state), strict=True):
             if n:
                 new[:n] = old[:n]
         self.state, self.capacity, self.width = state, capacity, width
         self._rows = np.arange(capacity)
 
-    def _allocate(self, backend: Backend | None, capacity: int, width: int) -> dict[str, np.ndarray]:
+    def _allocate(self, capacity: int, width: int) -> dict[str, np.ndarray]:
         dtype = getattr(self, "token_dtype", "int64")
         return {
             "seq": np.zeros((capacity, width), dtype=dtype),  # prefix, then drawn tokens
@@ -335,7 +336,7 @@ class Batch:
         }
 
     def _free(self) -> None:
-        for name, a in self._allocate(None, 0, 0).items():
+        for name, a in self._allocate(0, 0).items():
             setattr(self, name, a)
         self.state, self.capacity, self.width = [], 0, 0
         self._rows = np.arange(0)

@@ -197,7 +197,7 @@ class ModelWorker:
                 backend = self.backend(stream.backend)
                 batch = next((b for b in self.batches if b.backend_name == stream.backend and len(b) < self.max_rows),
                              None) or Batch(backend, self.max_rows)
-                batch.join(stream.gen, backend)
+                batch.join(stream.gen)
             except Exception as e:
                 log.exception("cannot start a generation on %s", self.name)
                 stream.push(("error", "backend_error", f"cannot start generation: {e}"))
@@ -248,7 +248,7 @@ class ModelWorker:
     def _step(self, batch: Batch, k: int) -> None:
         self.step_rows.observe(k)
         try:
-            finished, drawn = batch.step(self.backend(batch.backend_name), k)
+            finished, drawn = batch.step(k)
         except Exception as e:
             log.exception("step failed on %s", self.name)
             for g in batch.gens[:k]:
