@@ -52,7 +52,7 @@ class Generation:
     logprobs: list[float] = field(default_factory=list)
     top: list[tuple[list, list[float]]] = field(default_factory=list)  # per position: (tokens, log-probs)
     created: float = field(default_factory=time.perf_counter)
-    started: float | None = None  # joined a batch (its first step follows in the same turn)
+    started: float | None = None  # joined a batch (its first step follows in the same turn); no prefix: first token
     first_token: float | None = None  # first drawn token (after the prefill)
     finished: float | None = None
 
@@ -308,6 +308,8 @@ class Batch:
         self.sent[r] = b
         if g.first_token is None:
             g.first_token = float(self.first[r])
+            if not len(g.spec.prefix):  # nothing to prefill: its first step is its first token's (prefill 0 ms)
+                g.started = g.first_token
         return g, a, tokens, logprobs
 
     # ----- the slot buffers ----------------------------------------------------------------------------
@@ -357,4 +359,3 @@ class Batch:
             setattr(self, name, a)
         self.state, self.capacity, self.width = [], 0, 0
         self._rows = np.arange(0)
-
