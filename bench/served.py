@@ -70,11 +70,15 @@ def draw_inprocess(s: Served, n: int, streams: int = 1) -> tuple[float, float]:
     """Seconds to draw n tokens in each of `streams` generations stepped together, and to the first token."""
     m = s.manifest
     t0 = time.perf_counter()
-    gens = [Generation(SampleSpec(n, np.zeros(0, m.token_dtype), SEED + i), s.backend.init_state(1),
-                       m.distribution == "gaussian_mixture", m.token_dtype) for i in range(streams)]
-    batch = Batch(gens)  # the worker keeps the batched state between steps the same way
-    while not gens[0].done:
-        batch.step(s.backend)
+    gens = [Generation(SampleSpec(n, np.zeros(0, m.token_dtype), SEED + i), m.distribution == "gaussian_mixture",
+                       m.token_dtype) for i in range(streams)]
+    batch = Batch(s.backend, streams)  # the worker's slot buffers, stepped the same way
+    for g in gens:
+        batch.join(g)
+    while len(batch):
+        done, _ = batch.step(len(batch))
+        for g in done:
+            batch.leave(g)
     return time.perf_counter() - t0, gens[0].first_token - t0
 
 

@@ -45,14 +45,20 @@ EXT = {"binary_image": "png", "vector": "png", "text": "txt", "audio": "wav"}
 def generate(backend, m: Manifest, seeds, prefix: np.ndarray, n: int, temperature: float) -> list[Generation]:
     """One Generation per seed, all advanced together: one batched `step` call per position."""
     mixture = m.distribution == "gaussian_mixture"
-    gens = [Generation(SampleSpec(n, prefix, s, temperature), backend.init_state(1), mixture, m.token_dtype)
-            for s in seeds]  # each its own state and Generator, as the service makes them
+    gens = [Generation(SampleSpec(n, prefix, s, temperature), mixture, m.token_dtype)
+            for s in seeds]  # each its own Generator, as the service makes them
     every = max(1, gens[0].end // 4)
-    batch = Batch(gens)  # the batched state stays batched between steps, as in the service's worker
-    while not gens[0].done:
-        batch.step(backend)
-        if gens[0].pos % every == 0:
-            log.info("%s: %d/%d positions", m.name, gens[0].pos, gens[0].end)
+    batch = Batch(backend, len(gens))  # the worker's slot buffers, stepped the same way
+    for g in gens:
+        batch.join(g)
+    steps = 0
+    while len(batch):
+        done, _ = batch.step(len(batch))
+        for g in done:
+            batch.leave(g)
+        steps += 1
+        if steps % every == 0:
+            log.info("%s: %d/%d positions", m.name, steps, gens[0].end)
     return gens
 
 

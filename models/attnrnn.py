@@ -17,8 +17,8 @@ Causality: h_j summarizes x_<j, so every j <= i may be seen when predicting x_i.
 state) means the softmax is never over an empty set, at position 0 too, where a_0 = v_0.
 
 The incremental state is the recurrence's (h, c) plus a static, full-length cache of the keys and values of
-h_0 .. h_pos: a step runs the cell once, writes the new key and value at each row's own position (a functional
-scatter, as in models/transformer.py) and attends over slots j <= pos: O(H^2 + length · d) per step, since
+h_0 .. h_pos: a step runs the cell once, writes the new key and value at each row's own position (in place, as
+in models/transformer.py) and attends over slots j <= pos: O(H^2 + length · d) per step, since
 the masked attention runs over the whole static cache so that the graph has one shape for every position.
 """
 
@@ -102,23 +102,24 @@ class AttnRNN(ARModel):
         cache = (cfg.n_head, cfg.length, self.head_dim)
         return rnn + [("key", cache, torch.float32), ("value", cache, torch.float32)]
 
+    def state_slots(self):
+        return {name: (2, [(0, self.config.length)]) for name in ("key", "value")}  # slot pos of each cache
+
     def _heads(self, h: Tensor) -> list[Tensor]:
         B, T, _ = h.shape
         return [t.view(B, T, self.config.n_head, -1).transpose(1, 2)  # (B, nh, T, hs)
                 for t in self.qkv(h).split(self.config.attn_dim, dim=2)]
 
     def _predict(self, h: Tensor, a: Tensor) -> Tensor:
-        """Hidden states (B, T, H) and attention heads (B, nh, T, hs) -> logits (B, T, V)."""
-        B, _, T, _ = a.shape
-        a = a.transpose(1, 2).reshape(B, T, -1)  # (B, nh, T, hs) -> (B, T, d)
+        """Hidden states (B, T, H) and attention summaries (B, T, d) -> logits (B, T, V)."""
         return self.head(self.drop(torch.tanh(self.combine(torch.cat([h, a], dim=2)))))
 
     def _conditionals(self, x: Tensor) -> Tensor:
         e = self.drop(self.embed(shift_right(x, self.bos)))  # (B, T, E)
         h, _ = self.rnn(e)  # (B, T, H), from a zero initial state
         q, k, v = self._heads(h)
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # position i sees j <= i
-        return self._predict(h, a)  # (B, T, V)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs): position i sees j <= i
+        return self._predict(h, a.transpose(1, 2).reshape(*h.shape[:2], -1))  # (B, T, V)
 
     def _step(self, x_prev: Tensor, pos: Tensor, state: State) -> tuple[Tensor, State]:
         n = len(self.state_names)
@@ -130,6 +131,8 @@ class AttnRNN(ARModel):
         h, hx = step_rnn(self.rnn, e, tuple(s * fresh for s in rnn_state))  # (B, H), each (B, L, H)
         h = h.unsqueeze(1)  # (B, 1, H)
         index, visible = cache_slots(pos, self.slots, self.config.n_head, self.head_dim)
-        a, k_cache, v_cache = attend_cached(*self._heads(h), k_cache, v_cache, index, visible)  # a (B, nh, 1, hs)
+        q, k, v = self.qkv(h).split(self.config.attn_dim, dim=2)  # (B, 1, d) each
+        a, k_cache, v_cache = attend_cached(q, k, v, k_cache, v_cache, pos, index, visible,
+                                            self.config.n_head, self.head_dim)  # a (B, 1, d), in place
         params = self._predict(h, a)[:, 0]  # (B, V)
         return params, (*hx, k_cache, v_cache)

@@ -10,6 +10,9 @@ An autoregressive model is an exact density p(x) = prod_i p(x_i | x_<i). Every f
   ``x_prev`` [B] is the token at ``pos - 1`` (ignored where pos == 0), ``pos`` [B] the position being
   generated, each row at its own position. The state is a flat tuple of tensors, batch first, all
   zeros initially (declared by ``state_spec``), returned by ``step`` and never stored on the module.
+  A tensor named in ``state_slots`` is written in place by ``step``, only at its declared slots (a KV cache
+  row at each row's position, one slot per WaveNet ring), and returned as given; the others are replaced
+  whole. The caller owns the tensors either way (docs/state.md).
 
 The public methods validate their inputs and raise ``ValueError`` naming the problem; the underscored
 cores (``_conditionals``, ``_step``) do no checks and are what the exporter traces.
@@ -17,6 +20,7 @@ cores (``_conditionals``, ``_step``) do no checks and are what the exporter trac
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any, ClassVar
@@ -50,6 +54,11 @@ class ARModel(nn.Module):
     def state_spec(self) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
         """(name, shape without the batch dim, dtype) of each state tensor."""
         raise NotImplementedError
+
+    def state_slots(self) -> dict[str, tuple[int, list[tuple[int, int]]]]:
+        """The state tensors that `step` writes in place: name -> (slot axis, [(ring start, ring size), ...]).
+        A step at position pos writes, in each row, slot start + pos % size of every ring and nothing else."""
+        return {}
 
     def _conditionals(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -185,6 +194,27 @@ def shift_right(x: Tensor, start: int | float) -> Tensor:
 
 
 # ----- the static key/value cache shared by the attention families -------------------------------------
+#
+# The cache is a "slots" state (docs/state.md): (B, nh, length, hs) per layer, one ring as long as the model; a
+# step writes each row's new key/value at slot pos, in place, and attends over slots j <= pos. In eager PyTorch
+# and TorchScript that is an in-place scatter and a masked attention. In ONNX it is ONNX Runtime's
+# com.microsoft.GroupQueryAttention: with the cache bound as both its past and present buffer it writes the one
+# new row per layer and reads only the slots each row has (seqlens_k), so a step's cost does not grow with the
+# cache's size; run without shared buffers, it copies the cache instead and gives the same results.
+
+GQA_HEAD_MULTIPLE = 8  # ONNX Runtime's CPU GroupQueryAttention needs head_size % 8 == 0; others export the scatter
+_ONNX_EXPORT = False  # set by the exporter (exporting_onnx) while it traces the step graph for ONNX
+
+
+@contextlib.contextmanager
+def exporting_onnx():
+    """While tracing for ONNX, attention steps emit GroupQueryAttention (TorchScript cannot hold that op)."""
+    global _ONNX_EXPORT
+    _ONNX_EXPORT = True
+    try:
+        yield
+    finally:
+        _ONNX_EXPORT = False
 
 
 def cache_slots(pos: Tensor, slots: Tensor, n_head: int, head_dim: int) -> tuple[Tensor, Tensor]:
@@ -197,10 +227,41 @@ def cache_slots(pos: Tensor, slots: Tensor, n_head: int, head_dim: int) -> tuple
     return index, visible
 
 
-def attend_cached(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, index: Tensor,
-                  visible: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Write this position's k, v (B, nh, 1, hs) into the caches (B, nh, length, hs) and attend over the
-    visible slots. The scatter is functional: state in -> state out, the caller's tensors never mutate."""
-    k_cache = k_cache.scatter(2, index, k)
-    v_cache = v_cache.scatter(2, index, v)
-    return F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=visible), k_cache, v_cache  # y (B, nh, 1, hs)
+def attend_cached(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, index: Tensor,
+                  visible: Tensor, n_head: int, head_dim: int) -> tuple[Tensor, Tensor, Tensor]:
+    """This position's q, k, v (B, 1, nh * hs) and the caches (B, nh, length, hs): write k, v into the caches at
+    each row's pos, in place, and attend over the slots j <= pos -> (y (B, 1, nh * hs), k_cache, v_cache).
+    n_head and head_dim are the config's (plain ints, not traced shapes)."""
+    B, _, C = q.shape
+    if _ONNX_EXPORT and head_dim % GQA_HEAD_MULTIPLE == 0:
+        return _GroupQueryAttention.apply(q, k, v, k_cache, v_cache, pos, n_head, head_dim)
+    q, k, v = (t.view(B, 1, n_head, head_dim).transpose(1, 2) for t in (q, k, v))  # (B, nh, 1, hs)
+    k_cache.scatter_(2, index, k)
+    v_cache.scatter_(2, index, v)
+    y = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=visible)  # (B, nh, 1, hs)
+    return y.transpose(1, 2).reshape(B, 1, C), k_cache, v_cache
+
+
+class _GroupQueryAttention(torch.autograd.Function):
+    """attend_cached as one com.microsoft.GroupQueryAttention node (only ever traced for ONNX export)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, k_cache, v_cache, pos, n_head: int, head_dim: int):
+        B, _, C = q.shape
+        index, visible = cache_slots(pos, torch.arange(k_cache.shape[2]), n_head, head_dim)
+        q, k, v = (t.view(B, 1, n_head, head_dim).transpose(1, 2) for t in (q, k, v))
+        k_cache, v_cache = k_cache.scatter(2, index, k), v_cache.scatter(2, index, v)
+        y = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=visible)
+        return y.transpose(1, 2).reshape(B, 1, C), k_cache, v_cache
+
+    @staticmethod
+    def symbolic(g, q, k, v, k_cache, v_cache, pos, n_head: int, head_dim: int):
+        int32 = 6  # onnx.TensorProto.INT32
+        seqlens_k = g.op("Cast", pos, to_i=int32)  # slots before this one, per row
+        one = g.op("Constant", value_t=torch.tensor(1, dtype=torch.int64))
+        total = g.op("Cast", g.op("Add", g.op("ReduceMax", pos, keepdims_i=0), one), to_i=int32)  # the longest row
+        y, new_k, new_v = g.op("com.microsoft::GroupQueryAttention", q, k, v, k_cache, v_cache, seqlens_k, total,
+                               num_heads_i=n_head, kv_num_heads_i=n_head, scale_f=head_dim**-0.5, outputs=3)
+        for out, like in ((y, q), (new_k, k_cache), (new_v, v_cache)):  # ONNX has no shape inference for it
+            out.setType(like.type())
+        return y, new_k, new_v

@@ -9,13 +9,16 @@ writes into the model's folder:
     score.onnx     x [batch, T] -> log_prob [batch, T]            (T symbolic for variable-length models)
     step.onnx      x_prev [batch], pos [batch], *state -> params [batch, P], *new_state
     weights.bin    the ONNX initializers of both graphs as external data, each distinct tensor stored once
-    manifest.json  app.runtime.manifest.Manifest: shapes, vocabulary, state tensors, io names, sha256 of every file
+    manifest.json  app.runtime.manifest.Manifest: shapes, vocabulary, state tensors (and how a step updates each:
+                   replaced, or written in place at declared slots; docs/state.md), io names, sha256 of every file
 
 The cores (``_conditionals`` + ``params_log_prob``, and ``_step``) are traced, at a batch size other than 1
 and, for variable-length models, at a length shorter than the maximum, so that a shape baked into a trace
 shows up in the parity gate: before anything is written, eager, TorchScript and ONNX Runtime must agree on
 per-position log-probs (1e-4) at other batch sizes and lengths, and a seeded step loop must draw the same
-tokens in all three. An export that fails the gate raises ``ExportError`` and leaves out_dir untouched.
+tokens in all three, with "slots" state tensors kept as the service keeps them (written in place, ONNX Runtime
+through shared input/output buffers), and a step from a random state may change them only at their declared
+slots. An export that fails the gate raises ``ExportError`` and leaves out_dir untouched.
 """
 
 from __future__ import annotations
@@ -40,11 +43,12 @@ from onnx.external_data_helper import set_external_data
 from torch import Tensor, nn
 
 from app.runtime.manifest import MANIFEST, GraphIO, Manifest, StateTensor, sha256_file
-from models.base import ARModel, params_log_prob
+from models.base import ARModel, exporting_onnx, params_log_prob
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.runtimes import EagerRuntime, OnnxRuntime, Runtime, TorchScriptRuntime, step_loop
 
 OPSET = 17  # LayerNormalization and the opset-17 reductions; every onnxruntime since 1.12 runs it
+CONTRIB_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib ops: GroupQueryAttention for the attention caches
 WEIGHTS = "weights.bin"
 FILES = ("model.pt", "score.onnx", "step.onnx", WEIGHTS)
 INLINE_MAX_BYTES = 128  # smaller tensors stay inside the graph: not worth a seek
@@ -211,25 +215,32 @@ def verify(model: ARModel, folder: Path, state: list[StateTensor]) -> dict:
             lp_diff[rt.name] = max(lp_diff[rt.name], check_close(f"{rt.name} log_prob at [{B}, {T}]", expected, got))
     steps = min(model.length, 48)
     token_dtype = np.float32 if model.token_dtype == torch.float32 else np.int64
+    in_place = [s.update == "slots" for s in state]
     step_diff = {rt.name: 0.0 for rt in exported}
     for temperature, B in ((0.0, 1), (1.0, 3)):
-        want_tokens, want_params = step_loop(eager, model.dist, token_dtype, B, steps, PARITY_SEED, temperature)
+        want_tokens, want_params = step_loop(eager, model.dist, token_dtype, B, steps, PARITY_SEED, temperature,
+                                             in_place)
         for rt in exported:
             what = f"step loop (temperature {temperature:g}, batch {B})"
             tokens, params = _attempt(rt, what, step_loop, rt, model.dist, token_dtype, B, steps, PARITY_SEED,
-                                      temperature)
+                                      temperature, in_place)
             check_tokens(f"{rt.name} {what}", want_tokens, tokens)
             step_diff[rt.name] = max(step_diff[rt.name], check_close(f"{rt.name} {what} params", want_params, params))
-    # The loop covers the first positions only; one step with rows far apart covers the last one too.
+    # The loop covers the first positions only; one step with rows far apart covers the last one too, from a
+    # state of random values, so that every slot written shows, and only the declared ones may change.
     x_prev = random_x(model, 3, 1, seed=PARITY_SEED)[:, 0].numpy()
     pos = np.array([model.length - 1, 0, model.length // 2], dtype=np.int64)
-    want, want_state = eager.step(x_prev, pos, eager.init_state(3))
+    before = _random_state(eager.init_state(3))
+    want, want_state = eager.step(x_prev, pos, [a.copy() for a in before])
+    check_slots(state, before, want_state, pos)
     for rt in exported:
-        got, got_state = _attempt(rt, f"step at positions {pos.tolist()}", rt.step, x_prev, pos, rt.init_state(3))
+        given = [a.copy() for a in before]
+        got, got_state = _attempt(rt, f"step at positions {pos.tolist()}", rt.step, x_prev, pos, given)
         diff = check_close(f"{rt.name} step params at positions {pos.tolist()}", want, got)
         step_diff[rt.name] = max(step_diff[rt.name], diff)
-        for s, w, g in zip(state, want_state, got_state, strict=True):
-            check_close(f"{rt.name} new state {s.name!r} at positions {pos.tolist()}", w, g)
+        for s, w, g, kept in zip(state, want_state, got_state, given, strict=True):
+            check_close(f"{rt.name} new state {s.name!r} at positions {pos.tolist()}", w, kept if s.update == "slots"
+                        else g)
     return {
         "atol": ATOL,
         "log_prob_cases": [list(c) for c in cases],
@@ -238,6 +249,25 @@ def verify(model: ARModel, folder: Path, state: list[StateTensor]) -> dict:
         "step_positions_checked": pos.tolist(),
         "step_params_max_abs_diff": step_diff,
     }
+
+
+def _random_state(state: list[np.ndarray]) -> list[np.ndarray]:
+    rng = np.random.default_rng(PARITY_SEED)
+    return [rng.standard_normal(a.shape).astype(a.dtype) if a.dtype.kind == "f" else a for a in state]
+
+
+def check_slots(state: list[StateTensor], before: list[np.ndarray], after: list[np.ndarray], pos: np.ndarray) -> None:
+    """A "slots" state tensor may change only at its declared slots: slot start + pos % size of each ring."""
+    for s, a, b in zip(state, before, after, strict=True):
+        if s.update != "slots":
+            continue
+        changed = np.moveaxis(a != b, s.slot_axis, 1).reshape(len(pos), a.shape[s.slot_axis], -1).any(axis=2)
+        for start, size in s.rings:
+            changed[np.arange(len(pos)), start + pos % size] = False
+        if changed.any():
+            row, slot = (int(i) for i in np.argwhere(changed)[0])
+            raise ExportError(f"state tensor {s.name!r} is declared to change only at its ring slots, but a step at "
+                              f"position {int(pos[row])} changed slot {slot} of row {row}")
 
 
 # ----- writing the artifacts -----------------------------------------------------------------------
@@ -253,13 +283,14 @@ def _write_torchscript(model: ARModel, path: Path) -> None:
 
 
 def _onnx_export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
-                 dynamic: dict[str, dict[int, str]]) -> None:
+                 dynamic: dict[str, dict[int, str]], custom_opsets: dict[str, int] | None = None) -> None:
     # No constant folding: folded slices and transposes of a weight are new tensors that the other graph
     # does not hold, so the weights could no longer be shared; onnxruntime folds them itself at load time.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter, chosen on purpose
         torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=dynamic,
-                          opset_version=OPSET, do_constant_folding=False, dynamo=False)
+                          opset_version=OPSET, do_constant_folding=False, dynamo=False,
+                          custom_opsets=custom_opsets)
 
 
 def _restore_inputs(proto: onnx.ModelProto, wanted: list[tuple[str, str, list]]) -> None:
@@ -283,8 +314,10 @@ def _write_onnx(model: ARModel, folder: Path) -> dict[str, onnx.ModelProto]:
     names = [n for n, _, _ in spec]
     step_in, step_out = ["x_prev", "pos", *names], ["params", *[f"new_{n}" for n in names]]
     x_prev, pos, state = _step_example(model, 2)
-    _onnx_export(_StepGraph(model), (x_prev, pos, *state), folder / "step.tmp.onnx", step_in, step_out,
-                 {n: {0: "batch"} for n in step_in + step_out})
+    with exporting_onnx():  # attention caches as ONNX Runtime's in-place GroupQueryAttention
+        _onnx_export(_StepGraph(model), (x_prev, pos, *state), folder / "step.tmp.onnx", step_in, step_out,
+                     {n: {0: "batch"} for n in step_in + step_out},
+                     {CONTRIB_DOMAIN: 1} if model.state_slots() else None)
     score, step = (onnx.load(str(folder / f"{n}.tmp.onnx")) for n in ("score", "step"))
     _restore_inputs(score, [("x", tok, x_shape)])
     _restore_inputs(step, [("x_prev", tok, ["batch"]), ("pos", "int64", ["batch"])]
@@ -388,13 +421,21 @@ def _manifest(model: ARModel, meta: dict, files: dict, export: dict) -> Manifest
             shape=list(meta["shape"]), token_dtype=_DTYPES[model.token_dtype],
             vocab_size=None if model.dist == "gaussian_mixture" else model.vocab_size,
             num_params=model.num_params, distribution=model.dist, vocabulary=meta.get("vocabulary") or {},
-            state=[StateTensor(name=n, shape=["batch", *s], dtype=_DTYPES[d]) for n, s, d in spec],
+            state=[_state_tensor(n, s, d, model.state_slots().get(n)) for n, s, d in spec],
             io=GraphIO(step_inputs=["x_prev", "pos", *names], step_outputs=["params", *[f"new_{n}" for n in names]]),
             files=files, config=model.config_dict(), training=meta.get("training") or {},
             metrics=meta.get("metrics") or {}, export=export,
         )
     except ValueError as e:  # pydantic's ValidationError
         raise ExportError(f"metadata does not make a valid manifest: {e}") from None
+
+
+def _state_tensor(name: str, shape: tuple, dtype: torch.dtype, slots: tuple | None) -> StateTensor:
+    if slots is None:
+        return StateTensor(name=name, shape=["batch", *shape], dtype=_DTYPES[dtype])
+    axis, rings = slots
+    return StateTensor(name=name, shape=["batch", *shape], dtype=_DTYPES[dtype], update="slots", slot_axis=axis,
+                       rings=[tuple(r) for r in rings])
 
 
 def export_model(model: ARModel, out_dir: str | Path, meta: dict) -> Manifest:

@@ -15,8 +15,8 @@ import torch
 
 import models
 from app.engine.sampling import sample_categorical, sample_mixture
-from app.runtime.backends import direct_run
-from app.runtime.manifest import StateTensor, load_manifest
+from app.runtime.backends import BoundStep, direct_run
+from app.runtime.manifest import GraphIO, StateTensor, load_manifest
 from models.base import ARModel
 
 
@@ -108,6 +108,10 @@ class OnnxRuntime(Runtime):
         self.state = state
         self.run_step = direct_run(self.step_session)
         self.step_outputs = [o.name for o in self.step_session.get_outputs()]
+        names = [s.name for s in state]
+        self.io = GraphIO(step_inputs=["x_prev", "pos", *names], step_outputs=self.step_outputs)
+        in_place = any(s.update == "slots" for s in state)
+        self.bound_step = BoundStep(self.step_session, self.io, state) if in_place else None
 
     @classmethod
     def from_folder(cls, folder: str | Path, threads: int | None = None) -> OnnxRuntime:
@@ -120,6 +124,8 @@ class OnnxRuntime(Runtime):
         return [np.zeros([batch, *s.shape[1:]], dtype=s.dtype) for s in self.state]
 
     def step(self, x_prev, pos, state):
+        if self.bound_step is not None:  # the service's way: "slots" tensors bound as input and output, in place
+            return self.bound_step(x_prev, pos, state)
         feeds = {"x_prev": x_prev, "pos": pos, **{s.name: v for s, v in zip(self.state, state, strict=True)}}
         params, *new = self.run_step(self.step_outputs, feeds)
         return params, new
@@ -132,14 +138,18 @@ def draw(dist: str, params: np.ndarray, rng: np.random.Generator, temperature: f
 
 
 def step_loop(rt: Runtime, dist: str, token_dtype: np.dtype, batch: int, steps: int, seed: int,
-              temperature: float) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens [B, steps], params [B, steps, P]) of a seeded generation through rt.step."""
+              temperature: float, in_place: list[bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens [B, steps], params [B, steps, P]) of a seeded generation through rt.step. The state tensors
+    flagged in_place are kept (what step returns for them is ignored), as the service keeps them: a runtime
+    that does not write them in place fails to reproduce."""
     rng = np.random.default_rng(seed)
     state = rt.init_state(batch)
+    keep = in_place or [False] * len(state)
     x = np.zeros(batch, dtype=token_dtype)
     tokens, params_seen = [], []
     for t in range(steps):
-        params, state = rt.step(x, np.full(batch, t, dtype=np.int64), state)
+        params, new = rt.step(x, np.full(batch, t, dtype=np.int64), state)
+        state = [old if k else n for old, n, k in zip(state, new, keep, strict=True)]
         x = draw(dist, params, rng, temperature)
         tokens.append(x)
         params_seen.append(params)

@@ -9,8 +9,8 @@ are Unsupervised Multitask Learners" (GPT-2), 2019; Chen et al., "Generative Pre
     p(x_i | x_<i) = softmax(W LN(h^L_i))
 
 Position i attends only to j <= i, so the keys and values of the prefix never change once computed: the step
-keeps them in a static, full-length cache per layer, writes the new position's k, v at each row's own index
-and attends over the entries j <= pos. It never re-encodes the prefix.
+keeps them in a static, full-length cache per layer, writes the new position's k, v at each row's own index,
+in place, and attends over the entries j <= pos (models/base.py: attend_cached). It never re-encodes the prefix.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         assert cfg.n_embd % cfg.n_head == 0, f"n_embd {cfg.n_embd} is not a multiple of n_head {cfg.n_head}"
-        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.n_head, self.head_dim, self.dropout = cfg.n_head, cfg.n_embd // cfg.n_head, cfg.dropout
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
@@ -71,10 +71,13 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
         return self._merge(y)
 
-    def step(self, x: Tensor, index: Tensor, visible: Tensor, k_cache: Tensor, v_cache: Tensor):
-        """x (B, 1, C) at each row's position; index (B, nh, 1, hs) = that position; visible (B, 1, 1, length)."""
-        y, k_cache, v_cache = attend_cached(*self._heads(x), k_cache, v_cache, index, visible)  # y (B, nh, 1, hs)
-        return self._merge(y), k_cache, v_cache
+    def step(self, x: Tensor, pos: Tensor, index: Tensor, visible: Tensor, k_cache: Tensor, v_cache: Tensor):
+        """x (B, 1, C) at each row's position pos (B,); index (B, nh, 1, hs) = pos; visible (B, 1, 1, length).
+        The caches are written in place."""
+        q, k, v = self.qkv(x).split(x.shape[2], dim=2)  # (B, 1, C) each
+        y, k_cache, v_cache = attend_cached(q, k, v, k_cache, v_cache, pos, index, visible, self.n_head,
+                                              self.head_dim)  # y (B, 1, C)
+        return self.resid_drop(self.proj(y)), k_cache, v_cache
 
 
 class Block(nn.Module):
@@ -89,8 +92,8 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
-    def step(self, x: Tensor, index: Tensor, visible: Tensor, k_cache: Tensor, v_cache: Tensor):
-        a, k_cache, v_cache = self.attn.step(self.ln_1(x), index, visible, k_cache, v_cache)
+    def step(self, x: Tensor, pos: Tensor, index: Tensor, visible: Tensor, k_cache: Tensor, v_cache: Tensor):
+        a, k_cache, v_cache = self.attn.step(self.ln_1(x), pos, index, visible, k_cache, v_cache)
         x = x + a
         return x + self.mlp(self.ln_2(x)), k_cache, v_cache
 
@@ -140,6 +143,9 @@ class Transformer(ARModel):
         shape = (self.config.n_head, self.config.length, self.head_dim)
         return [(f"layer{i}.{kv}", shape, torch.float32) for i in range(self.config.n_layer) for kv in ("key", "value")]
 
+    def state_slots(self):
+        return {name: (2, [(0, self.config.length)]) for name, _, _ in self.state_spec()}  # slot pos of each cache
+
     def _conditionals(self, x: Tensor) -> Tensor:
         T = x.shape[1]
         h = self.drop(self.wte(shift_right(x, self.bos)) + self.wpe.weight[:T])  # (B, T, C)
@@ -152,6 +158,6 @@ class Transformer(ARModel):
         index, visible = cache_slots(pos, self.slots, self.config.n_head, self.head_dim)
         new_state = []
         for i, block in enumerate(self.blocks):
-            h, k_cache, v_cache = block.step(h, index, visible, state[2 * i], state[2 * i + 1])
+            h, k_cache, v_cache = block.step(h, pos, index, visible, state[2 * i], state[2 * i + 1])
             new_state += [k_cache, v_cache]
         return self.head(self.ln_f(h[:, 0])), tuple(new_state)  # (B, V)

@@ -13,7 +13,8 @@ sequence shifted right by d (zero-padded, as a causal conv pads), and the step a
 entry of a FIFO queue holding the layer's last d inputs. Each step pops that entry, pushes the current input
 and costs O(layers), independent of the receptive field. Zero-initialised queues match the zero padding.
 The queues are rings (slot pos % d) side by side in one state tensor, so a step reads every layer's past input
-with one gather and stores the new ones with one scatter, instead of shifting 20 queues.
+with one gather and stores the new ones with one scatter, in place, instead of shifting 20 queues: a step
+writes one slot per ring and copies nothing (the state is declared "slots", docs/state.md).
 """
 
 from __future__ import annotations
@@ -128,8 +129,13 @@ class WaveNet(ARModel):
             inputs.append(h)  # this layer's input, read again d steps from now
             h, z = self._gated(i, past_taps[:, 2 * C * i : 2 * C * (i + 1)], h)
             zs.append(z)
-        new_queues = queues.scatter(1, slots, torch.cat(inputs, dim=1).reshape(B, L + 1, C))
-        return self.head(self._skip(zs)), (new_queues,)  # (B, V)
+        # In place (the state's "slots" update): one slot per ring changes, and nothing is copied.
+        queues.scatter_(1, slots, torch.cat(inputs, dim=1).reshape(B, L + 1, C))
+        return self.head(self._skip(zs)), (queues,)  # (B, V)
+
+    def state_slots(self):
+        rings = [(int(a), int(n)) for a, n in zip(self.ring_start, self.ring_size, strict=True)]
+        return {"queues": (1, rings)}
 
 def delay(h: Tensor, d: int) -> Tensor:
     """(B, T, C) -> (B, T, C) shifted d steps later along time, zeros first: out[:, t] = h[:, t - d]."""

@@ -65,8 +65,14 @@ def sample_row(logits: np.ndarray, rng: np.random.Generator, temperature: float 
     (ties at a threshold are kept), so no sort is needed unless a filter asks for one. This runs once per
     generated token, so it is written for a single row: a handful of numpy calls on a [V] vector.
     """
-    z = np.asarray(logits, dtype=np.float64)
     u = rng.random()  # drawn even when greedy, so that the stream of draws never shifts
+    return draw_row(logits, u, temperature, top_k, top_p, min_p)
+
+
+def draw_row(logits: np.ndarray, u: float, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             min_p: float = 0.0) -> int:
+    """`sample_row` with its uniform given (the engine draws each row's uniforms ahead, in blocks)."""
+    z = np.asarray(logits, dtype=np.float64)
     if temperature == 0 or top_k == 1:
         return int(z.argmax())
     if z.shape[0] <= SMALL_VOCAB and top_k == 0 and top_p >= 1.0 and min_p == 0:

@@ -4,7 +4,8 @@ Written against the backend protocol only (`log_prob`, `init_state`, `step`; app
 against model code or raw graph files, so it judges an artifact however it was made. Each property is one
 function returning a `Check` with the worst deviation it measured:
 
-    state       the state tensors that init_state and step produce are the ones the manifest declares
+    state       the state tensors that init_state and step produce are the ones the manifest declares, and
+                a "slots" tensor is written in place, at its declared slots only (docs/state.md)
     score_step  sequences stepped one token at a time give the parallel (score) log-probs, position by position
     causal      changing x_j changes no log-prob before position j
     normalized  each conditional of the score graph sums (integrates, for mixtures) to one over x_i
@@ -38,7 +39,7 @@ SLICE_FILE = "check_slice.npy"
 PROPERTIES = {
     "manifest": "manifest validates and every file matches its sha256",
     "load": "the runtime loads the graphs",
-    "state": "state tensors match the manifest (count, shapes, dtypes)",
+    "state": "state tensors match the manifest (count, shapes, dtypes; slots written in place, only there)",
     "score_step": "stepping one token at a time equals the parallel log-probs",
     "causal": "no log-prob depends on a later token",
     "normalized": "each conditional sums (or integrates) to 1",
@@ -243,7 +244,40 @@ def check_state(backend: Backend, m: Manifest) -> Check:
         if tuple(np.shape(params)) != (B, m.num_params):
             problems.append(f"step gives params of shape {tuple(np.shape(params))}, the manifest declares "
                             f"{(B, m.num_params)} (num_params)")
+    if not problems and any(s.update == "slots" for s in m.state):
+        problems += slots_problems(backend, m)
     return Check("state", not problems, detail="; ".join(problems))
+
+
+def slots_problems(backend: Backend, m: Manifest) -> list[str]:
+    """One step from a state of random values, rows at the last, first and middle positions: each "slots" tensor
+    must be written in the buffer the step was given (the engine keeps that buffer and ignores the output), and
+    only at the slots its declaration names (start + pos % size of each ring along slot_axis)."""
+    pos = np.array([m.length - 1, 0, m.length // 2], dtype=np.int64)
+    state = backend.init_state(len(pos))
+    rng = np.random.default_rng(0)
+    for s in state:
+        if s.dtype.kind == "f":
+            s[...] = rng.standard_normal(s.shape)
+    before = [np.array(s, copy=True) for s in state]
+    _, new = backend.step(np.zeros(len(pos), dtype=m.token_dtype), pos, state)
+    problems = []
+    for spec, given, old, out in zip(m.state, state, before, new, strict=True):
+        if spec.update != "slots":
+            continue
+        if not np.array_equal(given, np.asarray(out), equal_nan=given.dtype.kind == "f"):
+            problems.append(f"step does not write {spec.name!r} in place: its output differs from the buffer it "
+                            f"was given (declared update 'slots')")
+            continue
+        changed = np.moveaxis(given != old, spec.slot_axis, 1).reshape(len(pos), given.shape[spec.slot_axis], -1)
+        changed = changed.any(axis=2)
+        for start, size in spec.rings:
+            changed[np.arange(len(pos)), start + pos % size] = False
+        if changed.any():
+            row, slot = (int(i) for i in np.argwhere(changed)[0])
+            problems.append(f"step at position {int(pos[row])} changed slot {slot} of {spec.name!r} in row {row}, "
+                            f"outside its declared slots")
+    return problems
 
 
 def check_score_step(backend: Backend, m: Manifest, walks: list[Walk], p: Plan) -> Check:

@@ -1,10 +1,12 @@
 """One worker thread per model, fed by a queue: blocking torch / ONNX Runtime calls never touch the event loop.
 
 The thread runs scoring jobs as they come and advances every open stream of its model by one position per
-turn, batching the streams that use the same backend into one `step` call (whose batched state is kept
-while the grouping holds). Results go back to the event loop in one call_soon_threadsafe every SEND_EVERY_S
-at most, and whenever the worker is about to block. A stream whose reader falls `BUFFER` tokens behind is
-paused (so a stalled client costs no compute), and a cancelled stream is dropped at the next turn.
+turn, the streams of one backend stepped together in a Batch (slot buffers that hold their states: up to
+max_rows rows each). Drawn tokens stay in the batch's arrays until they go back to the event loop, per stream
+in one item, in one call_soon_threadsafe every SEND_EVERY_S at most and whenever the worker is about to block.
+A stream whose reader falls `BUFFER` tokens behind is paused (so a stalled client costs no compute), and a
+cancelled stream is dropped at the next turn. Who runs is recomputed only when something changed (a job, a
+wake-up, a finished or paused stream), so a turn with nothing new costs the batched steps and no per-stream work.
 """
 
 from __future__ import annotations
@@ -30,14 +32,14 @@ _WAKE = object()
 
 
 class Stream:
-    """The event-loop side of one generation. Items: ("token", pos, token, logprob), ("done", gen),
-    ("error", code, message)."""
+    """The event-loop side of one generation. Items: ("tokens", position of the first, [tokens], [logprobs]),
+    ("done", gen), ("error", code, message)."""
 
-    def __init__(self, worker: ModelWorker, backend: str, make: Callable[[Backend], Generation]):
-        self.worker, self.backend, self.make = worker, backend, make
+    def __init__(self, worker: ModelWorker, backend: str, gen: Generation):
+        self.worker, self.backend, self.gen = worker, backend, gen
         self.loop = asyncio.get_running_loop()
         self.items: asyncio.Queue = asyncio.Queue()
-        self.gen: Generation | None = None
+        self.batch: Batch | None = None
         self.cancelled = False
         self.paused = False
         self.produced = 0  # written by the worker thread
@@ -57,7 +59,7 @@ class Stream:
         return items
 
     def _consumed(self, items: list[tuple]) -> None:
-        tokens = sum(1 for item in items if item[0] == "token")
+        tokens = sum(len(item[2]) for item in items if item[0] == "tokens")
         if tokens:
             self.consumed += tokens
             if self.paused:  # consumed is written before paused is read: no lost wake-up (see _runnable)
@@ -70,6 +72,7 @@ class Stream:
 
     def push(self, item: tuple) -> None:
         """Worker thread -> event loop, now (errors; after any of this stream's tokens still unsent)."""
+        self.worker._take_tokens()
         self.worker.unsent.append((self, [item]))
         self.worker.send(force=True)
 
@@ -88,8 +91,10 @@ class ModelWorker:
         self.step_rows, self.tokens = metrics.step_rows.labels(name), metrics.tokens.labels(name)
         self.inbox: queue.Queue = queue.Queue()
         self.streams: list[Stream] = []
-        # The open batches and the (backend, streams) grouping they were built for: kept while it holds.
-        self.batches: list[tuple[str, list[Stream], Batch]] = []
+        self.batches: list[Batch] = []  # each holds streams of one backend, at most max_rows
+        self.stream_of: dict[int, Stream] = {}  # id(gen) -> its stream
+        self.plan: list[tuple[Batch, int]] = []  # each batch and how many of its rows (the runnable) step
+        self.dirty = False  # something changed: recompute the plan before the next step
         # Items for the event loop, not yet handed over (worker thread only), and when the last hand-over was.
         self.unsent: list[tuple[Stream, list[tuple]]] = []
         self.last_sent = 0.0
@@ -116,8 +121,8 @@ class ModelWorker:
         finally:
             fut.cancel()  # no-op once it ran
 
-    def open(self, backend: str, make: Callable[[Backend], Generation]) -> Stream:
-        stream = Stream(self, backend, make)
+    def open(self, backend: str, gen: Generation) -> Stream:
+        stream = Stream(self, backend, gen)
         self._submit(("open", stream))
         return stream
 
@@ -126,7 +131,10 @@ class ModelWorker:
         the loop with a syscall and hands it the GIL, which costs a fast model more than its step; so it happens
         at most every SEND_EVERY_S while streams run, and always before the worker blocks."""
         now = time.perf_counter()
-        if not self.unsent or (not force and now - self.last_sent < SEND_EVERY_S):
+        if not force and now - self.last_sent < SEND_EVERY_S:
+            return
+        self._take_tokens()
+        if not self.unsent:
             return
         batch, self.unsent, self.last_sent = self.unsent, [], now
         try:
@@ -144,6 +152,7 @@ class ModelWorker:
     def _run(self) -> None:
         while True:
             jobs = self._wait_for_jobs()
+            self.dirty = self.dirty or bool(jobs)
             for job in jobs:
                 if job is _STOP:
                     self._shutdown()
@@ -156,8 +165,11 @@ class ModelWorker:
 
     def _wait_for_jobs(self) -> list:
         jobs = []
-        if not self._runnable():
+        if self.dirty:
+            self._regroup()
+        if not any(k for _, k in self.plan):
             self.send(force=True)  # nothing may wait in unsent while the worker sleeps
+            self.dirty = True  # whatever wakes us (or the timeout) may change who runs
             # Idle or all streams paused: block. The timeout is a safety net for paused streams only.
             try:
                 jobs.append(self.inbox.get(timeout=0.1 if self.streams else None))
@@ -182,11 +194,18 @@ class ModelWorker:
             if stream.cancelled:
                 return
             try:
-                stream.gen = stream.make(self.backend(stream.backend))
+                backend = self.backend(stream.backend)
+                batch = next((b for b in self.batches if b.backend_name == stream.backend and len(b) < self.max_rows),
+                             None) or Batch(backend, self.max_rows)
+                batch.join(stream.gen)
             except Exception as e:
                 log.exception("cannot start a generation on %s", self.name)
                 stream.push(("error", "backend_error", f"cannot start generation: {e}"))
                 return
+            if batch not in self.batches:
+                self.batches.append(batch)
+            stream.batch = batch
+            self.stream_of[id(stream.gen)] = stream
             self.streams.append(stream)
 
     def _runnable(self) -> list[Stream]:
@@ -202,44 +221,69 @@ class ModelWorker:
             out.append(s)
         return out
 
-    def _advance(self) -> None:
+    def _regroup(self) -> None:
+        """Drop cancelled streams, then move each batch's runnable members to its front rows."""
+        self.dirty = False
+        for s in self.streams:
+            if s.cancelled:
+                self._leave(s)
         self.streams = [s for s in self.streams if not s.cancelled]
-        runnable = self._runnable()
-        plan = []  # (backend, streams) per batched step call
-        for backend in sorted({s.backend for s in runnable}):
-            group = [s for s in runnable if s.backend == backend]
-            plan += [(backend, group[i : i + self.max_rows]) for i in range(0, len(group), self.max_rows)]
-        if [(b, [id(s) for s in g]) for b, g in plan] != [(b, [id(s) for s in g]) for b, g, _ in self.batches]:
-            for *_, batch in self.batches:  # every stream gets its state back before any is regrouped
-                batch.release()
-            self.batches = [(b, g, Batch([s.gen for s in g])) for b, g in plan]
-        for backend, group, batch in self.batches:
-            self._step(backend, group, batch)
+        self.batches = [b for b in self.batches if len(b)]
+        runnable = {id(s.gen) for s in self._runnable()}
+        self.plan = [(b, b.front(lambda g: id(g) in runnable)) for b in self.batches]
 
-    def _step(self, backend: str, group: list[Stream], batch: Batch) -> None:
-        self.step_rows.observe(len(group))
+    def _leave(self, s: Stream) -> None:
+        if s.batch is not None:
+            s.batch.leave(s.gen)
+            s.batch = None
+            self.stream_of.pop(id(s.gen), None)
+
+    def _advance(self) -> None:
+        if self.dirty:
+            self._regroup()
+        for batch, k in self.plan:
+            if k and len(batch) >= k:
+                self._step(batch, k)
+
+    def _step(self, batch: Batch, k: int) -> None:
+        self.step_rows.observe(k)
         try:
-            outs = batch.step(self.backend(backend))
+            finished, drawn = batch.step(k)
         except Exception as e:
             log.exception("step failed on %s", self.name)
-            for s in group:
+            for g in batch.gens[:k]:
+                s = self.stream_of[id(g)]
                 s.push(("error", "backend_error", f"generation failed: {e}"))
                 s.cancelled = True
+            self.dirty = True
             return
-        drawn = 0
-        for s, out in zip(group, outs, strict=True):
-            items = []
-            if out is not None:
-                s.produced += 1
-                drawn += 1
-                items.append(("token", s.gen.pos - 1, *out))
-            if s.gen.done:
-                items.append(("done", s.gen))
-                s.cancelled = True  # finished: leaves the worker at the next turn
-            if items:
-                self.unsent.append((s, items))
         if drawn:
             self.tokens.inc(drawn)
+        for g in finished:  # its last tokens, then done; it leaves its batch now
+            s = self.stream_of[id(g)]
+            items = self._token_items(s, batch.leave(g))
+            items.append(("done", g))
+            self.unsent.append((s, items))
+            s.batch, s.cancelled = None, True
+            self.stream_of.pop(id(g), None)
+            self.dirty = True
+
+    def _take_tokens(self) -> None:
+        """Every batch's tokens drawn since the last hand-over, one item per stream, into unsent."""
+        for batch in self.batches:
+            for taken in batch.take_new():
+                s = self.stream_of[id(taken[0])]
+                self.unsent.append((s, self._token_items(s, taken)))
+                if s.produced - s.consumed >= BUFFER:
+                    self.dirty = True  # it may have to pause
+
+    @staticmethod
+    def _token_items(s: Stream, taken: tuple | None) -> list[tuple]:
+        if taken is None:
+            return []
+        _, index, tokens, logprobs = taken
+        s.produced += len(tokens)
+        return [("tokens", index, tokens, logprobs)]
 
     def _shutdown(self) -> None:
         for s in self.streams:

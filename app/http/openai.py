@@ -263,9 +263,9 @@ class Completion:
             return []
         out = [] if self.opened[c] or not self.req.echo else [self._echo(c)]
         self.opened[c] = True
-        if item[0] == "token":
-            _, pos, token, logprob = item
-            p.add(pos, token, logprob, self.chars[token])
+        if item[0] == "tokens":
+            _, index, tokens, logprobs = item
+            p.extend(index, tokens, logprobs, self.chars)
             if not p.stopped:
                 piece = self._piece(c, p.take())
                 return out + ([piece] if piece["text"] else [])

@@ -41,7 +41,7 @@ class Samples:
         while True:
             for item in stream.drain() or [await stream.get()]:
                 await self.queue.put((i, item))
-                if item[0] != "token":
+                if item[0] != "tokens":
                     return
 
     def drain(self) -> list[tuple[int, tuple]]:
@@ -129,6 +129,20 @@ class Progress:
         if self.watch.stopped_at is not None:
             del self.positions[self.final:], self.tokens[self.final:], self.logprobs[self.final:]
             self.finish_reason = "stop"
+
+    def extend(self, index: int, tokens: list, logprobs: list[float], chars: str | None = None) -> None:
+        """One worker item: consecutive tokens from position `index` on (`chars` decodes them, when stop
+        strings are watched). Stops at a stop string."""
+        if self.watch is None:
+            self.positions += range(index, index + len(tokens))
+            self.tokens += tokens
+            self.logprobs += logprobs
+            self.final = len(self.tokens)
+            return
+        for j, (token, logprob) in enumerate(zip(tokens, logprobs, strict=True)):
+            self.add(index + j, token, logprob, chars[token])
+            if self.stopped:
+                return
 
     @property
     def stopped(self) -> bool:

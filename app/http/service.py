@@ -138,10 +138,10 @@ class SampleJob:
 
 
 def open_stream(model: ServedModel, backend: str, spec: SampleSpec) -> Stream:
-    """One generation on the model's worker (its state made there, on the worker thread)."""
+    """One generation on the model's worker (its state is a row of the worker's slot buffers)."""
     m = model.manifest
     mixture = m.distribution == "gaussian_mixture"
-    return model.worker.open(backend, lambda b: Generation(spec, b.init_state(1), mixture, m.token_dtype))
+    return model.worker.open(backend, Generation(spec, mixture, m.token_dtype))
 
 
 def prepare_sample(p: SampleParams, model: ServedModel, settings: Settings) -> SampleJob:
@@ -243,9 +243,9 @@ class Reader:
             return [("error", {"error": {"code": item[1], "message": item[2]}})]
         if self.done[i] is not None:  # tokens drawn past a stop string, before the cancel landed
             return []
-        if item[0] == "token":
-            _, pos, token, logprob = item
-            p.add(pos, token, logprob, self.m.vocabulary.chars[token] if self.job.stop else None)
+        if item[0] == "tokens":
+            _, index, tokens, logprobs = item
+            p.extend(index, tokens, logprobs, self.m.vocabulary.chars if self.job.stop else None)
             if not p.stopped:
                 return self._tokens(i, p.take(self.job.chunk))
             self.samples.cancel(i)  # the rest of this sample will never be sent

@@ -1,8 +1,10 @@
 """The small protocol the engine runs models through, and its two implementations.
 
 A backend turns an exported folder into three numpy functions; everything about the model (graph input
-and output names, state tensors, dtypes) comes from the manifest. State is a list of numpy arrays with
-the batch first, so the engine can batch rows of different requests by concatenating them.
+and output names, state tensors, dtypes, how a step updates each state tensor) comes from the manifest.
+State is a list of numpy arrays with the batch first. A state tensor declared `update: "slots"` is written
+in place by `step`, in the caller's array (which must be C-contiguous): ONNX Runtime gets the same buffer
+bound as the graph's input and output, TorchScript writes the tensor it was given.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from app.runtime.config import BackendName
-from app.runtime.manifest import Manifest
+from app.runtime.manifest import Manifest, StateTensor
 
 log = logging.getLogger("arserve")
 
@@ -40,6 +42,7 @@ class Backend(Protocol):
     # Whether a row's log-probs are the same bits in any batch of two or more rows (app/engine/scoring.py checks
     # it per model before merging rows of different requests into one call).
     batch_invariant: bool
+    updates: list[str]  # per state tensor, how a step changes it: "replace" or "slots" (in place)
 
     def log_prob(self, x: np.ndarray) -> np.ndarray:
         """x [B, T] -> per-position log-probabilities (log-densities for continuous models) [B, T]."""
@@ -49,7 +52,8 @@ class Backend(Protocol):
 
     def step(self, x_prev: np.ndarray, pos: np.ndarray, state: list[np.ndarray]
              ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """x_prev [B] (token at pos - 1), pos [B] int64, state -> (params [B, P], new state)."""
+        """x_prev [B] (token at pos - 1), pos [B] int64, state -> (params [B, P], new state). The "slots"
+        tensors of state are updated in place (and returned as given); the others are returned new."""
         ...
 
 
@@ -59,6 +63,44 @@ def direct_run(session):
     the graph declares: the manifest lists them and the exporter keeps unused ones, so the checks never fail."""
     inner = getattr(session, "_sess", None)
     return session.run if inner is None else (lambda outputs, feed: inner.run(outputs, feed, None))
+
+
+class BoundStep:
+    """step.onnx runs with "slots" state tensors bound as both input and output over the caller's arrays, so
+    that the graph's in-place ops (GroupQueryAttention's shared KV buffer, ScatterElements) write the caller's
+    buffer and nothing is copied. The binding is kept between runs while the caller passes the same buffers
+    (binding an output costs tens of µs); only x_prev and pos are bound anew."""
+
+    def __init__(self, session, io, spec: list[StateTensor]):
+        self.session, self.io, self.spec = session, io, spec
+        self.key: tuple | None = None
+        self.binding = None
+
+    def __call__(self, x_prev, pos, state) -> tuple[np.ndarray, list[np.ndarray]]:
+        import onnxruntime as ort
+
+        key = tuple((a.__array_interface__["data"][0], a.shape) for a in state)
+        if key != self.key:
+            self.binding, self.key = self.session.io_binding(), key
+            self.binding.bind_output(self.io.step_outputs[0])
+            for s, name, out, value in zip(self.spec, self.io.step_inputs[2:], self.io.step_outputs[1:], state,
+                                           strict=True):
+                if s.update == "slots":
+                    shared = ort.OrtValue.ortvalue_from_numpy(value)  # wraps the array's memory (CPU): no copy
+                    self.binding.bind_ortvalue_input(name, shared)
+                    self.binding.bind_ortvalue_output(out, shared)
+                else:
+                    self.binding.bind_cpu_input(name, value)  # backed by the array's memory, read at each run
+                    self.binding.bind_output(out)
+        self.binding.bind_cpu_input(self.io.step_inputs[0], x_prev)
+        self.binding.bind_cpu_input(self.io.step_inputs[1], pos)
+        self.session.run_with_iobinding(self.binding)
+        # In binding order: params, then the state tensors. The binding keeps its output buffers for the next run,
+        # so what is returned is copied out (params and "replace" tensors: small).
+        outputs = self.binding.get_outputs()
+        new = [value if s.update == "slots" else np.array(o.numpy())
+               for s, value, o in zip(self.spec, state, outputs[1:], strict=True)]
+        return np.array(outputs[0].numpy()), new
 
 
 class OnnxBackend:
@@ -81,6 +123,8 @@ class OnnxBackend:
         self.shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.io = m.io
         self.state_spec = m.state
+        self.updates = [s.update for s in m.state]
+        self.bound_step = BoundStep(self.stepper, m.io, m.state) if "slots" in self.updates else None
 
     def log_prob(self, x: np.ndarray) -> np.ndarray:
         options = self.shrink if x.size >= SHRINK_ARENA_POSITIONS else None
@@ -89,7 +133,14 @@ class OnnxBackend:
     def init_state(self, batch: int) -> list[np.ndarray]:
         return [np.zeros((batch, *s.shape[1:]), dtype=s.dtype) for s in self.state_spec]
 
+    def release(self) -> None:
+        """Forget the kept binding (it holds the caller's buffers)."""
+        if self.bound_step is not None:
+            self.bound_step.key = self.bound_step.binding = None
+
     def step(self, x_prev, pos, state):
+        if self.bound_step is not None:
+            return self.bound_step(x_prev, pos, state)
         feed = dict(zip(self.io.step_inputs, [x_prev, pos, *state], strict=True))
         params, *new_state = self.run_step(self.io.step_outputs, feed)
         return params, new_state
@@ -107,12 +158,13 @@ class TorchScriptBackend:
 
         torch.set_num_threads(threads)
         self.torch = torch
+        self.updates = [s.update for s in m.state]
         with warnings.catch_warnings():  # "torch.jit.load is deprecated": TorchScript is the artifact we ship
             warnings.simplefilter("ignore", DeprecationWarning)
             self.module = torch.jit.load(str(folder / "model.pt"), map_location="cpu").eval()
 
     def _t(self, a: np.ndarray):
-        return self.torch.from_numpy(np.ascontiguousarray(a))
+        return self.torch.from_numpy(np.ascontiguousarray(a))  # shares a contiguous array: in-place writes land in it
 
     def log_prob(self, x: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():

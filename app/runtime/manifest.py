@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-FORMAT_VERSION = 1
+# 2: each state tensor says how a step changes it (`update`); a format-1 manifest reads as "replace" throughout.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 
 
@@ -23,14 +24,43 @@ class _Strict(BaseModel):
 
 
 class StateTensor(_Strict):
+    """One state tensor of `step` and how a step changes it (docs/state.md).
+
+    update "replace": the step's output is the whole new tensor. update "slots": the step writes the tensor in
+    place, and only at the slots the declaration names: along `slot_axis`, for each ring (start, size) of
+    `rings`, the slot start + pos % size of each row (a KV cache is one ring as long as the model; WaveNet's
+    queues are one ring per layer). A caller binds the same buffer as the step's input and output.
+    """
+
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")
     shape: list[int | Literal["batch"]]  # "batch" first; the other dims are fixed
     dtype: Literal["float32", "int64"]
+    update: Literal["replace", "slots"] = "replace"
+    slot_axis: int | None = None  # "slots" only: the axis the rings lie along (>= 1)
+    rings: list[tuple[int, int]] | None = None  # "slots" only: (start, size) of each ring, in order, disjoint
 
     @model_validator(mode="after")
     def _batch_first(self):
         if not self.shape or self.shape[0] != "batch" or "batch" in self.shape[1:]:
             raise ValueError(f"state tensor {self.name!r}: shape must be ['batch', ...], got {self.shape}")
+        return self
+
+    @model_validator(mode="after")
+    def _slots_declared(self):
+        if self.update == "replace":
+            if self.slot_axis is not None or self.rings is not None:
+                raise ValueError(f"state tensor {self.name!r}: slot_axis and rings belong to update 'slots' only")
+            return self
+        if self.slot_axis is None or not 1 <= self.slot_axis < len(self.shape):
+            raise ValueError(f"state tensor {self.name!r}: slot_axis must name one of its axes after the batch's")
+        end = 0
+        for start, size in self.rings or []:
+            if start < end or size < 1:
+                raise ValueError(f"state tensor {self.name!r}: rings must be in order, disjoint and non-empty")
+            end = start + size
+        if not self.rings or end > self.shape[self.slot_axis]:
+            raise ValueError(f"state tensor {self.name!r}: rings must fit in axis {self.slot_axis} "
+                             f"({self.shape[self.slot_axis]} slots)")
         return self
 
 
@@ -57,7 +87,7 @@ class GraphIO(_Strict):
 
 
 class Manifest(_Strict):
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[1, 2] = FORMAT_VERSION
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)
     family: str
     modality: Literal["binary_image", "text", "audio", "vector"]
@@ -93,6 +123,8 @@ class Manifest(_Strict):
             raise ValueError("vocabulary.chars must hold vocab_size characters")
         if self.modality == "audio" and not (self.vocabulary.sample_rate and self.vocabulary.mu):
             raise ValueError("audio models need vocabulary.sample_rate and vocabulary.mu")
+        if self.format_version == 1 and any(s.update != "replace" for s in self.state):
+            raise ValueError("format 1 has no in-place state: every state tensor is replaced whole")
         if len(self.io.step_inputs) != 2 + len(self.state) or len(self.io.step_outputs) != 1 + len(self.state):
             raise ValueError("io.step_inputs/step_outputs must list x_prev, pos / params plus every state tensor")
         return self
