@@ -81,6 +81,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(url: str, seconds: float = 120) -> None:
+    """Poll url/readyz until it answers 200 (a server started elsewhere, e.g. behind Ray's proxy)."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} was not ready within {seconds} s")
+
+
 @contextlib.contextmanager
 def serve(model_dir: Path, threads: int = 1, cwd: Path = ROOT, **env: str) -> Iterator[str]:
     """A real server process (`python -m app.serve`, the launcher `make serve` runs) serving model_dir on a free

@@ -21,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback clusters: see tests/test_ray_serve.py
 
-from bench.common import ROOT, free_port, machine, serve  # noqa: E402
+from bench.common import ROOT, free_port, machine, serve, wait_ready  # noqa: E402
 from bench.load import reduce_logprob, reduce_sample, run_client  # noqa: E402
 
 MODELS = ("lstm-shakespeare", "fvsbn-mnist")
@@ -48,20 +48,6 @@ def ray_cluster(model_dir: Path):
            "ARSERVE_MAX_STREAMS_PER_CLIENT": "64", "ARSERVE_MAX_CONCURRENT_STREAMS": "64", "PYTHONPATH": str(ROOT)}
     ray.init(address=cluster.address, runtime_env={"env_vars": env}, include_dashboard=False, log_to_driver=False)
     return cluster
-
-
-def wait_ready(url: str) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready")
 
 
 def main() -> None:
@@ -91,7 +77,7 @@ def main() -> None:
             for replicas in (1, 2):
                 ray_serve.run(Arserve.options(num_replicas=replicas, max_ongoing_requests=80).bind(),
                               name="arserve", route_prefix="/")
-                wait_ready(url)
+                wait_ready(url, 180)
                 results[f"Ray Serve, {replicas} replica(s)"] = measure(url, args.concurrency, args.tokens)
         finally:
             try:

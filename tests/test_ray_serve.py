@@ -24,7 +24,7 @@ os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
 ray = pytest.importorskip("ray", reason="the `ray` extra is not installed: pip install -e '.[ray]'")
 pytestmark = pytest.mark.ray
 
-from bench.common import free_port, serve  # noqa: E402
+from bench.common import free_port, serve, wait_ready  # noqa: E402
 
 MODELS = ("fvsbn-mnist", "lstm-shakespeare", "wavenet-fsdd")  # one per kind of state, quick to load
 REPLICA = "x-arserve-replica"
@@ -58,7 +58,7 @@ def cluster(model_dir):
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(Arserve.options(num_replicas=2).bind(), name="arserve", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
-        _wait_ready(url)
+        wait_ready(url)
         yield url
     finally:
         try:
@@ -66,18 +66,6 @@ def cluster(model_dir):
         finally:
             ray.shutdown()
             c.shutdown()
-
-
-def _wait_ready(url: str, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"the Serve app at {url} was not ready within {seconds} s")
 
 
 @pytest.fixture(scope="module")

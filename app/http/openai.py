@@ -440,17 +440,10 @@ async def _stream(completion: Completion, samples: Samples, settings: Settings) 
     deadline = loop.time() + settings.stream_timeout_s
     try:
         while not all(completion.closed):
-            try:
-                items = samples.drain()
-                if not items:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow an outer cancellation
-                    async with asyncio.timeout(min(settings.keepalive_s, deadline - loop.time())):
-                        items = [await samples.get()]
-            except TimeoutError:
-                if loop.time() < deadline:
-                    yield b": keep-alive\n\n"
-                    continue
-                items = [(0, ("error", "timeout", f"the stream ran past ARSERVE_STREAM_TIMEOUT_S="
-                                                  f"{settings.stream_timeout_s:g}s"))]
+            items = await samples.next(settings.keepalive_s, deadline, settings.stream_timeout_s)
+            if items is None:
+                yield b": keep-alive\n\n"
+                continue
             pieces = []
             for c, item in items:
                 if item[0] == "error":

@@ -53,6 +53,21 @@ class Samples:
             items.append(self.queue.get_nowait())
         return items
 
+    async def next(self, keepalive_s: float, deadline: float, timeout_s: float) -> list[tuple[int, tuple]] | None:
+        """What has arrived, waiting at most keepalive_s for a first item: None when nothing came (send a
+        keep-alive), and past `deadline` (loop time) the stream's timeout error as its one item."""
+        loop = asyncio.get_running_loop()
+        try:
+            items = self.drain()
+            if not items:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow an outer cancellation
+                async with asyncio.timeout(min(keepalive_s, deadline - loop.time())):
+                    items = [await self.get()]
+            return items
+        except TimeoutError:
+            if loop.time() < deadline:
+                return None
+            return [(0, ("error", "timeout", f"the stream ran past ARSERVE_STREAM_TIMEOUT_S={timeout_s:g}s"))]
+
     async def get(self) -> tuple[int, tuple]:
         if not self.tasks:
             return 0, await self.streams[0].get()

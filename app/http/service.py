@@ -300,17 +300,10 @@ async def events(job: SampleJob, samples: Samples, settings: Settings, metrics: 
     timer = StreamTimer(metrics, job.model.name, job.received)
     try:
         while True:
-            try:
-                items = samples.drain()
-                if not items:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow an outer cancellation
-                    async with asyncio.timeout(min(settings.keepalive_s, deadline - loop.time())):
-                        items = [await samples.get()]
-            except TimeoutError:
-                if loop.time() < deadline:
-                    yield sse.comment("keep-alive")
-                    continue
-                limit = f"ARSERVE_STREAM_TIMEOUT_S={settings.stream_timeout_s:g}s"
-                items = [(0, ("error", "timeout", f"the stream ran past {limit}"))]
+            items = await samples.next(settings.keepalive_s, deadline, settings.stream_timeout_s)
+            if items is None:
+                yield sse.comment("keep-alive")
+                continue
             out = []
             for i, item in items:
                 for name, data in reader.read(i, item):
