@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.engine.sampling import (
+    bernoulli_bounds,
     draw_row,
     log_softmax,
     mixture_log_density,
-    sample_mixture,
+    mixture_values,
     sample_rows,
     token_log_softmax,
     top_logprobs,
@@ -36,6 +37,13 @@ class SampleSpec:
     top_p: float = 1.0  # 1 = off
     min_p: float = 0.0  # 0 = off
     top_logprobs: int = 0  # keep the k most likely tokens of every position (Generation.top); 0 = off
+    chunk: int = 1  # tokens per event the reader wants: up to this many positions may be drawn per runtime call
+
+    @property
+    def multi_token(self) -> bool:
+        """Whether the multi-token graph can draw this stream (several positions per call): its events hold
+        several tokens, and it asks for no filter the graph lacks (top-p, min-p, top-k above 1)."""
+        return self.chunk >= 2 and self.top_k in (0, 1) and self.top_p >= 1.0 and self.min_p == 0
 
 
 @dataclass(eq=False)  # compared by identity: a Batch finds its members with list.index
@@ -91,7 +99,11 @@ def token_logprob(params: np.ndarray, token, mixture: bool) -> float:
 
 
 UNIFORMS = 128  # uniforms drawn ahead per row, in one rng.random(n) call: the same numbers as n rng.random() calls
-_ROW_ARRAYS = ("seq", "lps", "pos", "plen", "end", "sent", "u", "ucur", "first")
+MAX_K = 256  # most positions a row draws in one multi-token call (ARSERVE_MAX_CHUNK's default)
+RANDOMS = UNIFORMS + MAX_K  # a row's buffer of numbers drawn ahead
+MIXTURE_AHEAD = 64  # mixtures draw a uniform and a normal per position, in turn: pairs drawn ahead per refill
+_ROW_ARRAYS = ("seq", "lps", "pos", "plen", "end", "sent", "u", "z", "ucur", "ulen", "first", "chunk", "temp",
+               "multi", "hold")
 
 
 class Batch:
@@ -113,6 +125,8 @@ class Batch:
     def __init__(self, backend: Backend, max_rows: int):
         self.backend, self.backend_name, self.max_rows = backend, backend.name, max_rows
         self.in_place = [u == "slots" for u in backend.updates]
+        # several positions per call (stepk.onnx), where the backend has it: for "replace" states only
+        self.step_k = getattr(backend, "step_k", None)
         self.gens: list[Generation] = []  # row order
         self.capacity, self.width = 0, 0
         self.state: list[np.ndarray] = []
@@ -140,7 +154,11 @@ class Batch:
         self.seq[r, :plen] = gen.spec.prefix
         self.seq[r, plen:] = 0
         self.pos[r], self.plen[r], self.end[r], self.sent[r] = 0, plen, gen.end, plen
-        self.ucur[r], self.first[r] = UNIFORMS, np.nan
+        self.ucur[r], self.ulen[r], self.first[r], self.hold[r] = 0, 0, np.nan, False
+        spec = gen.spec
+        self.chunk[r] = min(spec.chunk, MAX_K)
+        self.temp[r] = 0.0 if spec.top_k == 1 else spec.temperature  # top-k 1 is the argmax
+        self.multi[r] = self.step_k is not None and spec.multi_token
         self.gens.append(gen)
         self.keeping_top += bool(gen.spec.top_logprobs)
         gen.started = time.perf_counter()
@@ -179,104 +197,209 @@ class Batch:
     # ----- one step ------------------------------------------------------------------------------------
 
     def step(self, k: int) -> tuple[list[Generation], int]:
-        """Advance rows [0, k) by one position; returns (the members that finished, tokens drawn)."""
-        if k == 1 and not self.mixture:
-            return self._step_one()
-        rows = self._rows[:k]
-        pos = self.pos[:k]
+        """Advance rows [0, k): by one position, or by up to `chunk` positions in one multi-token call for the rows
+        that allow it (moved to the front of the k); returns (the members that finished, tokens drawn)."""
+        m = self._front_multi(k) if self.step_k is not None else 0
+        if not m:
+            return self._step_rows(0, k)
+        done, drawn = self._step_multi(m)
+        if m < k:
+            more, extra = self._step_rows(m, k)
+            done, drawn = done + more, drawn + extra
+        return done, drawn
+
+    def _front_multi(self, k: int) -> int:
+        """Move the rows of [0, k) that the multi-token graph can draw now to the front; returns how many. Not:
+        a stream that does not allow it, one still in its prefix (forced tokens go one per call), or one whose
+        last multi-token call stopped before a draw too close to call (`hold`: that position goes one-token)."""
+        ok = self.multi[:k] & (self.pos[:k] >= self.plen[:k]) & ~self.hold[:k]
+        m = int(ok.sum())
+        if 0 < m < k and not ok[:m].all():
+            i, j = 0, k - 1
+            while i < j:
+                if ok[i]:
+                    i += 1
+                elif not ok[j]:
+                    j -= 1
+                else:
+                    self._swap(i, j)
+                    ok[i], ok[j] = True, False
+        return m
+
+    def _step_multi(self, m: int) -> tuple[list[Generation], int]:
+        """Rows [0, m) through the multi-token graph: row r draws up to n[r] positions in one call, from random
+        numbers its own Generator drew beforehand (the same ones, in the same order, as one call per position)."""
+        pos, end = self.pos[:m], self.end[:m]
+        n = np.minimum(self.chunk[:m], end - pos)  # (m,)
+        M = int(n.max())
+        for r in np.flatnonzero(self.ulen[:m] - self.ucur[:m] < n).tolist():
+            self._refill(r, int(n[r]))
+        cols = np.minimum(self.ucur[:m, None] + np.arange(M), RANDOMS - 1)  # (m, M); past n[r]: never read
+        rows = self._rows[:m, None]
+        draws = self._draw_inputs(self.u[rows, cols], self.z[rows, cols] if self.mixture else None, n, m)
+        x_prev = self.seq[self._rows[:m], np.maximum(pos - 1, 0)]
+        views = [buf[:m] for buf in self.state]
+        tokens, params, pos_next, new = self.step_k(x_prev, pos.copy(), views, draws, n)  # (M, m), (M, m, P)
+        for view, fresh in zip(views, new, strict=True):
+            view[...] = fresh
+        took = pos_next - pos  # (m,)
+        self.hold[:m] = took < n  # it stopped before a draw it could not settle: that one goes one-token
+        rr, jj = np.nonzero(np.arange(M) < took[:, None])  # row-major: each row's positions in order
+        at = pos[rr] + jj
+        values = tokens[jj, rr]
+        p = np.asarray(params[jj, rr], dtype=np.float64)  # (N, P)
+        self.seq[rr, at] = values
+        if self.mixture:
+            self.lps[rr, at] = mixture_log_density(p, values.astype(np.float64))
+        else:
+            self.lps[rr, at] = log_softmax(p)[np.arange(len(rr)), values]
+        if self.keeping_top:
+            for i, r in enumerate(rr.tolist()):
+                g = self.gens[r]
+                if g.spec.top_logprobs:
+                    g.top.append(top_logprobs(p[i], g.spec.top_logprobs))
+        self.ucur[:m] += took
+        firsts = np.flatnonzero((pos == self.plen[:m]) & (took > 0))
+        if len(firsts):
+            self.first[firsts] = time.perf_counter()
+        pos += took
+        finished = np.flatnonzero(pos >= end)
+        now = time.perf_counter()
+        done = [self.gens[r] for r in finished.tolist()]
+        for g in done:
+            g.finished = now
+        return done, len(rr)
+
+    def _draw_inputs(self, u: np.ndarray, z: np.ndarray | None, n: np.ndarray, m: int) -> dict[str, np.ndarray]:
+        """The multi-token graph's random inputs for rows [0, m): u, z [m, M] as drawn, or Bernoulli bounds."""
+        temp = self.temp[:m]
+        if self.step_k.draw == "mixture":
+            return {"u": u, "z": z, "temperature": temp.copy()}
+        if self.step_k.draw == "categorical":
+            return {"u": u, "temperature": temp.copy()}
+        lo, hi = bernoulli_bounds(u, temp[:, None])
+        past = np.arange(u.shape[1]) >= n[:, None]  # positions a row does not want: never sure, so it stops
+        lo[past], hi[past] = -np.inf, np.inf
+        return {"lo": lo, "hi": hi}
+
+    def _step_rows(self, a: int, b: int) -> tuple[list[Generation], int]:
+        """Advance rows [a, b) by one position; returns (the members that finished, tokens drawn)."""
+        self.hold[a:b] = False
+        if b - a == 1 and not self.mixture:
+            return self._step_one(a)
+        rows = self._rows[a:b]
+        pos = self.pos[a:b]
         x_prev = self.seq[rows, np.maximum(pos - 1, 0)]  # (k,); position 0 reads its own slot, which the model ignores
-        views = [buf[:k] for buf in self.state]
+        views = [buf[a:b] for buf in self.state]
         params, new = self.backend.step(x_prev, pos.copy(), views)
         for view, fresh, in_place in zip(views, new, self.in_place, strict=True):
             if not in_place:
                 view[...] = fresh
         params = np.asarray(params, dtype=np.float64)  # (k, P)
         if self.keeping_top:
-            self._keep_top(params, k)
-        drawing = pos >= self.plen[:k]
-        draw_rows = rows if drawing.all() else rows[drawing]
-        if len(draw_rows):
-            tokens, logprobs = (self._draw_mixture if self.mixture else self._draw)(params, draw_rows)
-            at = pos[draw_rows]
+            self._keep_top(params, a, b)
+        drawing = pos >= self.plen[a:b]
+        sel = np.flatnonzero(drawing)  # indices into rows [a, b)
+        if len(sel):
+            draw_rows = rows[sel]
+            tokens, logprobs = (self._draw_mixture if self.mixture else self._draw)(params[sel], draw_rows)
+            at = pos[sel]
             self.seq[draw_rows, at] = tokens
             self.lps[draw_rows, at] = logprobs
             firsts = draw_rows[at == self.plen[draw_rows]]
             if len(firsts):
                 self.first[firsts] = time.perf_counter()
         pos += 1
-        finished = np.flatnonzero(pos >= self.end[:k])
+        finished = np.flatnonzero(pos >= self.end[a:b]) + a
         now = time.perf_counter()
         done = [self.gens[r] for r in finished.tolist()]
         for g in done:
             g.finished = now
-        return done, len(draw_rows)
+        return done, len(sel)
 
-    def _step_one(self) -> tuple[list[Generation], int]:
-        """`step` for a single row on Python scalars: numpy calls on one-element arrays cost more than a fast
+    def _step_one(self, r: int) -> tuple[list[Generation], int]:
+        """`_step_rows` for a single row on Python scalars: numpy calls on one-element arrays cost more than a fast
         model's step (the same arithmetic, so the same tokens)."""
-        pos, g = int(self.pos[0]), self.gens[0]
-        x_prev, views = self.seq[0:1, max(pos - 1, 0)], [b[:1] for b in self.state]
-        params, new = self.backend.step(x_prev, self.pos[0:1].copy(), views)
-        for buf, fresh, in_place in zip(self.state, new, self.in_place, strict=True):
+        pos, g = int(self.pos[r]), self.gens[r]
+        x_prev, views = self.seq[r : r + 1, max(pos - 1, 0)], [b[r : r + 1] for b in self.state]
+        params, new = self.backend.step(x_prev, self.pos[r : r + 1].copy(), views)
+        for buf, fresh, in_place in zip(views, new, self.in_place, strict=True):
             if not in_place:
-                buf[:1] = fresh
+                buf[...] = fresh
         if self.keeping_top:
-            self._keep_top(params, 1)
-        drawn = pos >= self.plen[0]
+            self._keep_top(params, r, r + 1)
+        drawn = pos >= self.plen[r]
         if drawn:
-            c = int(self.ucur[0])
-            if c >= UNIFORMS:
-                self.u[0], c = g.rng.random(UNIFORMS), 0
-            self.ucur[0] = c + 1
+            c = int(self.ucur[r])
+            if c >= self.ulen[r]:
+                self._refill(r, 1)
+                c = 0
+            self.ucur[r] = c + 1
             row = np.asarray(params[0], dtype=np.float64)
-            token = draw_row(row, float(self.u[0, c]), *g.draw_settings)
-            self.seq[0, pos], self.lps[0, pos] = token, token_log_softmax(row, token)
-            if pos == self.plen[0]:
-                self.first[0] = time.perf_counter()
-        self.pos[0] = pos + 1
-        if pos + 1 < self.end[0]:
+            token = draw_row(row, float(self.u[r, c]), *g.draw_settings)
+            self.seq[r, pos], self.lps[r, pos] = token, token_log_softmax(row, token)
+            if pos == self.plen[r]:
+                self.first[r] = time.perf_counter()
+        self.pos[r] = pos + 1
+        if pos + 1 < self.end[r]:
             return [], int(drawn)
         g.finished = time.perf_counter()
         return [g], int(drawn)
 
     def _draw(self, params: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """params [len(rows), P] of the given batch rows -> (tokens, log-probs)."""
         u = self._uniforms(rows)
-        p = params if len(rows) == len(params) else params[rows]
         if len(rows) == 1:  # one row: sample_row's arithmetic on Python floats where it is cheaper
-            token = draw_row(p[0], float(u[0]), *self.gens[int(rows[0])].draw_settings)
-            return np.array([token]), np.array([token_log_softmax(p[0], token)])
+            token = draw_row(params[0], float(u[0]), *self.gens[int(rows[0])].draw_settings)
+            return np.array([token]), np.array([token_log_softmax(params[0], token)])
         tokens = np.empty(len(rows), dtype=np.int64)
         for settings, sel in self._settings_groups(rows):
-            tokens[sel] = sample_rows(p[sel], u[sel], *settings)
-        return tokens, log_softmax(p)[np.arange(len(rows)), tokens]
+            tokens[sel] = sample_rows(params[sel], u[sel], *settings)
+        return tokens, log_softmax(params)[np.arange(len(rows)), tokens]
 
     def _draw_mixture(self, params: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mixtures draw a uniform then a normal from each row's Generator, interleaved: one row at a time."""
+        """Mixtures take a uniform then a normal of each row's Generator, drawn ahead in that order."""
+        u, z = self._uniforms(rows, normals=True)
         values, logprobs = [], []
-        for r in rows.tolist():
-            row = params[r : r + 1]
-            value = sample_mixture(row, self.gens[r].rng, self.gens[r].spec.temperature)  # (1,) float32
+        for i, r in enumerate(rows.tolist()):
+            row = params[i : i + 1]
+            value = mixture_values(row, u[i : i + 1], z[i : i + 1], self.gens[r].spec.temperature)  # (1,) float32
             values.append(value[0])
             logprobs.append(mixture_log_density(row, value.astype(np.float64))[0])
         return np.array(values, dtype=np.float32), np.array(logprobs)
 
-    def _keep_top(self, params: np.ndarray, k: int) -> None:
-        """Record the most likely tokens at each position of the rows that ask for them (before it moves on),
-        for callers that report alternatives (the OpenAI-compatible logprobs): Generation.top[pos]."""
-        for r in range(k):
+    def _keep_top(self, params: np.ndarray, a: int, b: int) -> None:
+        """Record the most likely tokens at each position of the rows [a, b) that ask for them (before it moves
+        on), for callers that report alternatives (the OpenAI-compatible logprobs): Generation.top[pos]."""
+        for r in range(a, b):
             g = self.gens[r]
             if g.spec.top_logprobs and not g.mixture:
-                g.top.append(top_logprobs(np.asarray(params[r], dtype=np.float64), g.spec.top_logprobs))
+                g.top.append(top_logprobs(np.asarray(params[r - a], dtype=np.float64), g.spec.top_logprobs))
 
-    def _uniforms(self, rows: np.ndarray) -> np.ndarray:
-        """One uniform per row, the next one of the row's Generator."""
-        cur = self.ucur[rows]
-        for r in rows[cur >= UNIFORMS].tolist():
-            self.u[r] = self.gens[r].rng.random(UNIFORMS)
-            self.ucur[r] = 0
+    def _uniforms(self, rows: np.ndarray, normals: bool = False):
+        """The next number drawn ahead for each row (and its normal, for mixtures)."""
+        for r in rows[self.ucur[rows] >= self.ulen[rows]].tolist():
+            self._refill(r, 1)
         cur = self.ucur[rows]
         self.ucur[rows] = cur + 1
-        return self.u[rows, cur]
+        return (self.u[rows, cur], self.z[rows, cur]) if normals else self.u[rows, cur]
+
+    def _refill(self, r: int, need: int) -> None:
+        """Row r's numbers drawn ahead, topped up to at least `need` unread ones: its Generator continues where it
+        stopped, so the numbers are those that one call per position would draw (uniforms in one rng.random(n);
+        a mixture's uniform and normal alternately, as `sample_mixture` draws them for one row)."""
+        c, end, rng = int(self.ucur[r]), int(self.ulen[r]), self.gens[r].rng
+        keep = end - c
+        self.u[r, :keep] = self.u[r, c:end]
+        if self.mixture:
+            self.z[r, :keep] = self.z[r, c:end]
+            fill = min(RANDOMS, keep + max(need, MIXTURE_AHEAD))
+            for j in range(keep, fill):
+                self.u[r, j], self.z[r, j] = rng.random(), rng.standard_normal()
+        else:
+            fill = RANDOMS
+            self.u[r, keep:] = rng.random(RANDOMS - keep)
+        self.ucur[r], self.ulen[r] = 0, fill
 
     def _settings_groups(self, rows: np.ndarray) -> list[tuple[tuple, np.ndarray]]:
         """(settings, indices into rows) of the rows sharing each draw setting (usually one group)."""
@@ -349,9 +472,15 @@ class Batch:
             "plen": np.zeros(capacity, dtype=np.int64),  # prefix length
             "end": np.zeros(capacity, dtype=np.int64),  # prefix + tokens to draw
             "sent": np.zeros(capacity, dtype=np.int64),  # tokens up to here are handed over
-            "u": np.zeros((capacity, UNIFORMS)),  # uniforms drawn ahead ...
-            "ucur": np.zeros(capacity, dtype=np.int64),  # ... and the next one to use
+            "u": np.zeros((capacity, RANDOMS)),  # uniforms drawn ahead ...
+            "z": np.zeros((capacity, RANDOMS)),  # ... (mixtures: their normals)
+            "ucur": np.zeros(capacity, dtype=np.int64),  # ... the next one to use ...
+            "ulen": np.zeros(capacity, dtype=np.int64),  # ... and how many are there
             "first": np.full(capacity, np.nan),  # when the first token was drawn
+            "chunk": np.zeros(capacity, dtype=np.int64),  # most positions per multi-token call
+            "temp": np.zeros(capacity),  # temperature of the multi-token draw (0: argmax)
+            "multi": np.zeros(capacity, dtype=bool),  # the multi-token graph may draw this row
+            "hold": np.zeros(capacity, dtype=bool),  # ... but its next position goes one-token
         }
 
     def _free(self) -> None:

@@ -123,15 +123,52 @@ def _draw_small(z: list[float], u: float, temperature: float) -> int:
 def sample_mixture(params: np.ndarray, rng: np.random.Generator, temperature: float = 1.0) -> np.ndarray:
     """Gaussian-mixture parameters [B, 3K] (logits, means, log stds) -> values [B] (float32).
 
-    temperature scales the standard deviations; 0 returns the mean of the most likely component.
+    temperature scales the standard deviations; 0 returns the mean of the most likely component. Takes B
+    uniforms (the components), then B normals from rng.
     """
+    u = rng.random(np.shape(params)[0])
+    return mixture_values(params, u, rng.standard_normal(len(u)), temperature)
+
+
+def mixture_values(params: np.ndarray, u: np.ndarray, noise: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """`sample_mixture` with its uniforms [B] and normals [B] given (the engine draws them ahead)."""
     params = np.asarray(params, dtype=np.float64)
     logit_w, mu, log_sigma = np.split(params, 3, axis=-1)
-    comp = sample_categorical(logit_w, rng, 1.0 if temperature > 0 else 0.0)
-    noise = rng.standard_normal(params.shape[0])
+    comp = sample_rows(logit_w, u, 1.0 if temperature > 0 else 0.0)
     rows = np.arange(params.shape[0])
     value = mu[rows, comp] + temperature * np.exp(log_sigma[rows, comp]) * noise
     return value.astype(np.float32)
+
+
+def bernoulli_bounds(u: np.ndarray, temperature: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Uniforms u [N] and temperatures [N] (0 = greedy) -> float32 bounds (lo, hi) [N] on a Bernoulli logit l
+    (logits [0, l]) such that l >= hi surely draws 1 and l <= lo surely draws 0 in `draw_row` / `sample_rows`.
+
+    In exact arithmetic the draw is 1 iff l / T > tau = log((1 - u) / u). numpy's float64 rounding (and an exp
+    that may differ in its last bit) moves the decision by at most ~1e-15 / min(u, 1 - u) around tau; the
+    bounds leave a margin a thousand times that, rounded outwards to float32, and the multi-token graph hands a
+    logit between them back to the one-token path (models/multistep.py)."""
+    u = np.asarray(u, dtype=np.float64)
+    t = np.broadcast_to(np.asarray(temperature, dtype=np.float64), u.shape)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        tau = np.log((1 - u) / u)  # +inf at u = 0 (never 1)
+        slack = 1e-12 / np.minimum(u, 1 - u) + 1e-12 * np.abs(tau)
+        center = t * tau
+        width = t * slack + 1e-12 * np.abs(center)
+        lo, hi = _round32(center - width, -np.inf), _round32(center + width, np.inf)
+    never = u == 0  # the draw is "u x total > p(0)": never true
+    lo, hi = np.where(never, np.float32(np.inf), lo), np.where(never, np.float32(np.inf), hi)
+    greedy = t == 0  # argmax of [0, l]: 1 iff l > 0
+    lo = np.where(greedy, np.float32(0), lo)
+    hi = np.where(greedy, np.nextafter(np.float32(0), np.float32(1)), hi)
+    return lo.astype(np.float32), hi.astype(np.float32)
+
+
+def _round32(x: np.ndarray, direction: float) -> np.ndarray:
+    """float64 -> the nearest float32 on the side of direction (so that a bound only widens)."""
+    y = x.astype(np.float32)
+    wrong = y < x if direction > 0 else y > x
+    return np.where(wrong, np.nextafter(y, np.float32(direction)), y)
 
 
 def token_log_softmax(logits: np.ndarray, token: int) -> float:

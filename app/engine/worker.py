@@ -28,6 +28,13 @@ log = logging.getLogger("arserve")
 BUFFER = 64  # tokens a stream may run ahead of its reader
 SEND_EVERY_S = 0.002  # while streams run, drawn tokens go to the event loop at most this often (latency bound)
 _STOP = object()
+
+
+def _ahead(s: Stream) -> int:
+    """Tokens a stream may run ahead of its reader: BUFFER, or two events where a runtime call may draw a whole
+    event (the multi-token path), so that it is not paused after every call."""
+    return max(BUFFER, 2 * s.gen.spec.chunk)
+
 _WAKE = object()
 
 
@@ -213,9 +220,10 @@ class ModelWorker:
         for s in self.streams:
             if s.cancelled:
                 continue
-            if s.produced - s.consumed >= BUFFER:
+            ahead = _ahead(s)
+            if s.produced - s.consumed >= ahead:
                 s.paused = True  # set before re-reading consumed, so a reader that missed it has already woken us
-                if s.produced - s.consumed >= BUFFER:
+                if s.produced - s.consumed >= ahead:
                     continue
                 s.paused = False
             out.append(s)
@@ -274,7 +282,7 @@ class ModelWorker:
             for taken in batch.take_new():
                 s = self.stream_of[id(taken[0])]
                 self.unsent.append((s, self._token_items(s, taken)))
-                if s.produced - s.consumed >= BUFFER:
+                if s.produced - s.consumed >= _ahead(s):
                     self.dirty = True  # it may have to pause
 
     @staticmethod

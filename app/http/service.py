@@ -174,7 +174,7 @@ def prepare_sample(p: SampleParams, model: ServedModel, settings: Settings) -> S
                                        f"{settings.max_length}")
     seed = p.seed if p.seed is not None else secrets.randbelow(2**31)
     spec = SampleSpec(max_new=n, prefix=prefix, seed=seed, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
-                      min_p=p.min_p)
+                      min_p=p.min_p, chunk=p.chunk)
     return SampleJob(model, backend, spec, p.chunk, p.n, tuple(p.stop or ()))
 
 

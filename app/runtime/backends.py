@@ -103,6 +103,24 @@ class BoundStep:
         return np.array(outputs[0].numpy()), new
 
 
+class MultiStepRunner:
+    """stepk.onnx (manifest `multi_step`): up to n[b] positions per row in one call, the draws in the graph."""
+
+    def __init__(self, session, spec):
+        self.session, self.spec, self.draw = session, spec, spec.draw
+        self.run = direct_run(session)
+
+    def __call__(self, x_prev, pos, state, draws: dict[str, np.ndarray], n
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+        """-> (tokens [M, B], params [M, B, P], pos_next [B], new state): row b took pos_next[b] - pos[b] <= n[b]
+        positions; the first pos_next - pos of its tokens and params are valid."""
+        feed = dict(zip(self.spec.inputs, [x_prev, pos, *state], strict=False))
+        feed.update(draws)
+        feed["n"] = n
+        tokens, params, pos_next, *new = self.run(self.spec.outputs, feed)
+        return tokens, params, pos_next, new
+
+
 class OnnxBackend:
     name = "onnx"
     batch_invariant = True  # MLAS computes every row of a batch alike (a lone row may take its GEMV path)
@@ -125,6 +143,10 @@ class OnnxBackend:
         self.state_spec = m.state
         self.updates = [s.update for s in m.state]
         self.bound_step = BoundStep(self.stepper, m.io, m.state) if "slots" in self.updates else None
+        self.step_k = None  # several positions per call, where the model ships stepk.onnx
+        if m.multi_step is not None:
+            self.step_k = MultiStepRunner(ort.InferenceSession(str(folder / m.multi_step.file), opts,
+                                                               providers=providers), m.multi_step)
 
     def log_prob(self, x: np.ndarray) -> np.ndarray:
         options = self.shrink if x.size >= SHRINK_ARENA_POSITIONS else None

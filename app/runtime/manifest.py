@@ -86,6 +86,17 @@ class GraphIO(_Strict):
     step_outputs: list[str]  # params, then the new state tensors in order
 
 
+class MultiStep(_Strict):
+    """An optional graph that generates several positions per call, drawing each token itself from random numbers
+    the caller drew beforehand (models/multistep.py; docs/state.md). Only for models whose state is all
+    "replace"; a server that does not use it generates one position per call, with the same samples."""
+
+    file: str = "stepk.onnx"
+    draw: Literal["bernoulli", "categorical", "mixture"]  # which random inputs it reads (lo/hi, or u, z, temperature)
+    inputs: list[str]  # x_prev, pos, the state tensors, the draw's inputs, n
+    outputs: list[str]  # tokens, params, pos_next, the new state tensors
+
+
 class Manifest(_Strict):
     format_version: Literal[1, 2] = FORMAT_VERSION
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)
@@ -107,6 +118,7 @@ class Manifest(_Strict):
     training: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
     export: dict[str, Any] = {}
+    multi_step: MultiStep | None = None  # optional, format 2 with or without it
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -127,6 +139,11 @@ class Manifest(_Strict):
             raise ValueError("format 1 has no in-place state: every state tensor is replaced whole")
         if len(self.io.step_inputs) != 2 + len(self.state) or len(self.io.step_outputs) != 1 + len(self.state):
             raise ValueError("io.step_inputs/step_outputs must list x_prev, pos / params plus every state tensor")
+        if self.multi_step is not None:
+            if self.files and self.multi_step.file not in self.files:
+                raise ValueError(f"multi_step.file {self.multi_step.file!r} is not listed in files")
+            if any(s.update != "replace" for s in self.state):
+                raise ValueError("multi_step needs every state tensor replaced whole (a stopped row keeps its state)")
         return self
 
 
