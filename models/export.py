@@ -43,6 +43,7 @@ from onnx.external_data_helper import set_external_data
 from torch import Tensor, nn
 
 from app.runtime.manifest import MANIFEST, GraphIO, Manifest, StateTensor, sha256_file
+from models import multistep
 from models.base import ARModel, exporting_onnx, params_log_prob
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.runtimes import EagerRuntime, OnnxRuntime, Runtime, TorchScriptRuntime, step_loop
@@ -395,7 +396,7 @@ def _constants_to_initializers(graph: onnx.GraphProto) -> None:
 
 
 def _check_onnx(folder: Path) -> None:
-    for name in ("score.onnx", "step.onnx"):
+    for name in ("score.onnx", "step.onnx", *[multistep.FILE] * (folder / multistep.FILE).is_file()):
         try:
             onnx.checker.check_model(str(folder / name), full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
@@ -425,6 +426,7 @@ def _manifest(model: ARModel, meta: dict, files: dict, export: dict) -> Manifest
             io=GraphIO(step_inputs=["x_prev", "pos", *names], step_outputs=["params", *[f"new_{n}" for n in names]]),
             files=files, config=model.config_dict(), training=meta.get("training") or {},
             metrics=meta.get("metrics") or {}, export=export,
+            multi_step=multistep.declaration(model) if multistep.supported(model) else None,
         )
     except ValueError as e:  # pydantic's ValidationError
         raise ExportError(f"metadata does not make a valid manifest: {e}") from None
@@ -456,14 +458,18 @@ def export_model(model: ARModel, out_dir: str | Path, meta: dict) -> Manifest:
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
             _stage("TorchScript tracing", lambda: _write_torchscript(model, build / "model.pt"))
-            _stage("ONNX export", lambda: _share_weights(_write_onnx(model, build), build))
+            _stage("ONNX export", lambda: _share_weights(_write_onnx(model, build) | multistep.graphs(model, OPSET),
+                                                         build))
         _check_onnx(build)
         parity = verify(model, build, draft.state)
+        if draft.multi_step is not None:
+            parity["multi_step"] = _verify_multistep(model, build, draft)
         export = {
             "opset": OPSET, "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
             "created_utc": created, "external_data": WEIGHTS, "inline_max_bytes": INLINE_MAX_BYTES, "parity": parity,
         }
-        files = {f: {"sha256": sha256_file(build / f), "bytes": (build / f).stat().st_size} for f in FILES}
+        files = {f: {"sha256": sha256_file(build / f), "bytes": (build / f).stat().st_size}
+                 for f in FILES + (multistep.FILE,) if (build / f).is_file()}
         manifest = _manifest(model, meta, files, export)
         (build / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
         _replace_dir(build, out_dir)
@@ -471,6 +477,14 @@ def export_model(model: ARModel, out_dir: str | Path, meta: dict) -> Manifest:
         shutil.rmtree(build, ignore_errors=True)
         raise
     return manifest
+
+
+def _verify_multistep(model: ARModel, build: Path, draft: Manifest) -> dict:
+    """stepk.onnx draws, through the engine, exactly the tokens and log-probs of one step.onnx call per position."""
+    try:
+        return multistep.verify(build, draft, model.length, model.dist == "gaussian_mixture", PARITY_SEED)
+    except ValueError as e:
+        raise ExportError(f"parity check failed: {e}") from None
 
 
 def _stage(name: str, fn) -> None:

@@ -102,8 +102,8 @@ UNIFORMS = 128  # uniforms drawn ahead per row, in one rng.random(n) call: the s
 MAX_K = 256  # most positions a row draws in one multi-token call (ARSERVE_MAX_CHUNK's default)
 RANDOMS = UNIFORMS + MAX_K  # a row's buffer of numbers drawn ahead
 MIXTURE_AHEAD = 64  # mixtures draw a uniform and a normal per position, in turn: pairs drawn ahead per refill
-_ROW_ARRAYS = ("seq", "lps", "pos", "plen", "end", "sent", "u", "z", "ucur", "ulen", "first", "chunk", "temp",
-               "multi", "hold")
+_ROW_ARRAYS = ("seq", "lps", "pos", "plen", "end", "sent", "u", "z", "lo", "hi", "ucur", "ulen", "first", "chunk",
+               "temp", "multi", "hold")
 
 
 class Batch:
@@ -231,28 +231,29 @@ class Batch:
         numbers its own Generator drew beforehand (the same ones, in the same order, as one call per position)."""
         pos, end = self.pos[:m], self.end[:m]
         n = np.minimum(self.chunk[:m], end - pos)  # (m,)
-        M = int(n.max())
         for r in np.flatnonzero(self.ulen[:m] - self.ucur[:m] < n).tolist():
             self._refill(r, int(n[r]))
-        cols = np.minimum(self.ucur[:m, None] + np.arange(M), RANDOMS - 1)  # (m, M); past n[r]: never read
-        rows = self._rows[:m, None]
-        draws = self._draw_inputs(self.u[rows, cols], self.z[rows, cols] if self.mixture else None, n, m)
         x_prev = self.seq[self._rows[:m], np.maximum(pos - 1, 0)]
         views = [buf[:m] for buf in self.state]
-        tokens, params, pos_next, new = self.step_k(x_prev, pos.copy(), views, draws, n)  # (M, m), (M, m, P)
+        tokens, params, pos_next, new = self.step_k(x_prev, pos.copy(), views, self._draw_inputs(n, m), n)
         for view, fresh in zip(views, new, strict=True):
-            view[...] = fresh
+            view[...] = fresh  # (M, m) tokens, (M, m, P) params
         took = pos_next - pos  # (m,)
         self.hold[:m] = took < n  # it stopped before a draw it could not settle: that one goes one-token
-        rr, jj = np.nonzero(np.arange(M) < took[:, None])  # row-major: each row's positions in order
-        at = pos[rr] + jj
-        values = tokens[jj, rr]
-        p = np.asarray(params[jj, rr], dtype=np.float64)  # (N, P)
-        self.seq[rr, at] = values
-        if self.mixture:
-            self.lps[rr, at] = mixture_log_density(p, values.astype(np.float64))
+        if m == 1:  # slices, not index arrays: a lone stream is the latency case
+            c, at = int(took[0]), int(pos[0])
+            p = np.asarray(params[:c, 0], dtype=np.float64)
+            values, where = tokens[:c, 0], (0, slice(at, at + c))
+            rr = np.zeros(c, dtype=np.int64)
         else:
-            self.lps[rr, at] = log_softmax(p)[np.arange(len(rr)), values]
+            rr, jj = np.nonzero(np.arange(tokens.shape[0]) < took[:, None])  # row-major: each row's positions in order
+            p = np.asarray(params[jj, rr], dtype=np.float64)  # (N, P)
+            values, where = tokens[jj, rr], (rr, pos[rr] + jj)
+        self.seq[where] = values
+        if self.mixture:
+            self.lps[where] = mixture_log_density(p, values.astype(np.float64))
+        else:
+            self.lps[where] = log_softmax(p)[np.arange(len(values)), values]
         if self.keeping_top:
             for i, r in enumerate(rr.tolist()):
                 g = self.gens[r]
@@ -268,19 +269,31 @@ class Batch:
         done = [self.gens[r] for r in finished.tolist()]
         for g in done:
             g.finished = now
-        return done, len(rr)
+        return done, len(values)
 
-    def _draw_inputs(self, u: np.ndarray, z: np.ndarray | None, n: np.ndarray, m: int) -> dict[str, np.ndarray]:
-        """The multi-token graph's random inputs for rows [0, m): u, z [m, M] as drawn, or Bernoulli bounds."""
-        temp = self.temp[:m]
+    def _draw_inputs(self, n: np.ndarray, m: int) -> dict[str, np.ndarray]:
+        """The multi-token graph's random inputs for rows [0, m), [m, M]: the uniforms (and normals) as drawn, or
+        for Bernoulli draws the bounds of each uniform (computed when it was drawn)."""
+        M = int(n.max())
+        if m == 1:
+            c = int(self.ucur[0])
+            cols = slice(c, c + M)
+            take = (lambda a: a[0:1, cols]) if c + M <= RANDOMS else None
+        else:
+            take = None
+        if take is None:
+            rows, cols = self._rows[:m, None], np.minimum(self.ucur[:m, None] + np.arange(M), RANDOMS - 1)
+            take = lambda a: a[rows, cols]  # noqa: E731  (past a row's n: read, never used)
+        if self.step_k.draw == "bernoulli":
+            lo, hi = take(self.lo).copy(), take(self.hi).copy()
+            past = np.arange(M) >= n[:, None]  # positions a row does not want: never sure, so it stops there
+            if past.any():
+                lo[past], hi[past] = -np.inf, np.inf
+            return {"lo": lo, "hi": hi}
+        temp = self.temp[:m].copy()
         if self.step_k.draw == "mixture":
-            return {"u": u, "z": z, "temperature": temp.copy()}
-        if self.step_k.draw == "categorical":
-            return {"u": u, "temperature": temp.copy()}
-        lo, hi = bernoulli_bounds(u, temp[:, None])
-        past = np.arange(u.shape[1]) >= n[:, None]  # positions a row does not want: never sure, so it stops
-        lo[past], hi[past] = -np.inf, np.inf
-        return {"lo": lo, "hi": hi}
+            return {"u": take(self.u).copy(), "z": take(self.z).copy(), "temperature": temp}
+        return {"u": take(self.u).copy(), "temperature": temp}
 
     def _step_rows(self, a: int, b: int) -> tuple[list[Generation], int]:
         """Advance rows [a, b) by one position; returns (the members that finished, tokens drawn)."""
@@ -399,6 +412,9 @@ class Batch:
         else:
             fill = RANDOMS
             self.u[r, keep:] = rng.random(RANDOMS - keep)
+            if self.multi[r] and self.step_k.draw == "bernoulli":  # its bounds, once per number drawn
+                self.lo[r, :keep], self.hi[r, :keep] = self.lo[r, c:end], self.hi[r, c:end]
+                self.lo[r, keep:], self.hi[r, keep:] = bernoulli_bounds(self.u[r, keep:], self.temp[r])
         self.ucur[r], self.ulen[r] = 0, fill
 
     def _settings_groups(self, rows: np.ndarray) -> list[tuple[tuple, np.ndarray]]:
@@ -473,7 +489,9 @@ class Batch:
             "end": np.zeros(capacity, dtype=np.int64),  # prefix + tokens to draw
             "sent": np.zeros(capacity, dtype=np.int64),  # tokens up to here are handed over
             "u": np.zeros((capacity, RANDOMS)),  # uniforms drawn ahead ...
-            "z": np.zeros((capacity, RANDOMS)),  # ... (mixtures: their normals)
+            "z": np.zeros((capacity, RANDOMS)),  # ... (mixtures: their normals; Bernoulli: the bounds of each u)
+            "lo": np.zeros((capacity, RANDOMS), dtype=np.float32),
+            "hi": np.zeros((capacity, RANDOMS), dtype=np.float32),
             "ucur": np.zeros(capacity, dtype=np.int64),  # ... the next one to use ...
             "ulen": np.zeros(capacity, dtype=np.int64),  # ... and how many are there
             "first": np.full(capacity, np.nan),  # when the first token was drawn
