@@ -32,16 +32,14 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper
 from torch import Tensor, nn
 
-from app.engine.generation import Batch, Generation, SampleSpec
+from app.engine.generation import multi_token_problem
 from app.runtime.backends import OnnxBackend
 from app.runtime.manifest import Manifest, MultiStep
 from models.base import ARModel
@@ -232,50 +230,14 @@ def _wrap(body: onnx.ModelProto, model: ARModel, kind: str, names: list[str], ca
 
 
 def verify(folder: Path, manifest: Manifest, length: int, mixture: bool, seed: int) -> dict:
-    """Generate through the engine (app/engine/generation.py: Batch) over the artifacts in folder, one position per
-    call and up to `chunk` per call, for 1 and 3 rows at once and several temperatures: every token and log-prob
-    must be the same bits. Raises ValueError naming the first difference; returns what was checked."""
-    backend = OnnxBackend(folder, manifest)
+    """Generate through the engine (app/engine/generation.py) over the artifacts in folder, one position per call
+    and up to `chunk` per call, for 1 and 3 rows at once and several temperatures: every token and log-prob must
+    be the same bits. Raises ValueError naming the first difference; returns what was checked."""
     steps = min(length, 160)
     temperatures = [1.0, 0.0] if mixture else [1.0, 0.0, 0.7]
-    checked = 0
-    for temperature in temperatures:
-        for rows in (1, 3):
-            specs = [SampleSpec(max_new=steps, prefix=np.zeros(0, dtype=manifest.token_dtype), seed=seed + r,
-                                temperature=temperature) for r in range(rows)]
-            want = generate(backend, manifest, specs)
-            for chunk in (7, 64):
-                got = generate(backend, manifest, [_with_chunk(s, chunk) for s in specs])
-                for r, (w, g) in enumerate(zip(want, got, strict=True)):
-                    what = f"row {r} of {rows}, temperature {temperature:g}, chunk {chunk}"
-                    _same(f"tokens ({what})", w.tokens, g.tokens)
-                    _same(f"log-probs ({what})", w.logprobs, g.logprobs)
-                    checked += len(w.tokens)
+    problem, checked = multi_token_problem(OnnxBackend(folder, manifest), mixture, manifest.token_dtype, steps, seed,
+                                           temperatures)
+    if problem:
+        raise ValueError(problem)
     return {"tokens_checked": checked, "steps": steps, "chunks": [7, 64], "rows": [1, 3],
             "temperatures": temperatures, "seed": seed, "tokens_equal": True, "logprobs_equal": True}
-
-
-def _with_chunk(spec: SampleSpec, chunk: int) -> SampleSpec:
-    return replace(spec, chunk=chunk)
-
-
-def generate(backend, manifest: Manifest, specs: list[SampleSpec]) -> list[Generation]:
-    """The specs' samples through one Batch (all rows joined at once), run to the end."""
-    gens = [Generation(s, manifest.distribution == "gaussian_mixture", manifest.token_dtype) for s in specs]
-    batch = Batch(backend, max(1, len(gens)))
-    for g in gens:
-        batch.join(g)
-    while len(batch):
-        done, _ = batch.step(len(batch))
-        for g in done:
-            batch.leave(g)
-    return gens
-
-
-def _same(what: str, want: list, got: list) -> None:
-    a, b = np.asarray(want), np.asarray(got)
-    if a.shape != b.shape or not np.array_equal(a, b):
-        pairs = zip(a.tolist(), b.tolist(), strict=False)
-        i = next((i for i, (x, y) in enumerate(pairs) if x != y), min(len(a), len(b)))
-        raise ValueError(f"multi-token {what} differ from one-token ones at position {i} "
-                         f"({len(a)} vs {len(b)} values)")

@@ -158,7 +158,7 @@ def test_a_hand_made_artifact_conforms_and_is_served(hand_made, served):
     assert code == 0 and report["ok"], report
     statuses = {c["property"]: c["status"] for c in report["checks"]}
     assert statuses == {"manifest": "pass", "load": "pass", "state": "pass", "score_step": "pass", "causal": "pass",
-                        "normalized": "pass", "batching": "pass", "held_out": "skip"}
+                        "normalized": "pass", "batching": "pass", "held_out": "skip", "multi_step": "skip"}
     url, ready = served
     assert ready["models"] == ["good"]
     r = httpx.post(f"{url}/logprob", json={"model": "good", "inputs": ["gattaca"]})

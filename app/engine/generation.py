@@ -10,7 +10,7 @@ is batched (or chunked into events) never changes a sample.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -240,6 +240,8 @@ class Batch:
             view[...] = fresh  # (M, m) tokens, (M, m, P) params
         took = pos_next - pos  # (m,)
         self.hold[:m] = took < n  # it stopped before a draw it could not settle: that one goes one-token
+        if not took.any():
+            return [], 0
         if m == 1:  # slices, not index arrays: a lone stream is the latency case
             c, at = int(took[0]), int(pos[0])
             p = np.asarray(params[:c, 0], dtype=np.float64)
@@ -506,3 +508,39 @@ class Batch:
             setattr(self, name, a)
         self.state, self.capacity, self.width = [], 0, 0
         self._rows = np.arange(0)
+
+
+def generate(backend: Backend, specs: list[SampleSpec], mixture: bool, token_dtype: str) -> list[Generation]:
+    """The specs' samples through one Batch (all rows joined at once), run to the end on this thread: what the
+    worker does, without a worker (the exporter's parity gate and `arserve verify` compare paths with it)."""
+    gens = [Generation(s, mixture, token_dtype) for s in specs]
+    batch = Batch(backend, max(1, len(gens)))
+    for g in gens:
+        batch.join(g)
+    while len(batch):
+        done, _ = batch.step(len(batch))
+        for g in done:
+            batch.leave(g)
+    return gens
+
+
+def multi_token_problem(backend: Backend, mixture: bool, token_dtype: str, steps: int, seed: int,
+                        temperatures: list[float]) -> tuple[str | None, int]:
+    """Generate the same seeded samples one position per call and several per call (the multi-token graph),
+    1 and 3 rows at once, chunks 7 and 64: (the first difference in a token or log-prob, or None; tokens compared)."""
+    checked = 0
+    for temperature in temperatures:
+        for rows in (1, 3):
+            specs = [SampleSpec(max_new=steps, prefix=np.zeros(0, dtype=token_dtype), seed=seed + r,
+                                temperature=temperature) for r in range(rows)]
+            want = generate(backend, specs, mixture, token_dtype)
+            for chunk in (7, 64):
+                got = generate(backend, [replace(s, chunk=chunk) for s in specs], mixture, token_dtype)
+                for r, (w, g) in enumerate(zip(want, got, strict=True)):
+                    for what, a, b in (("tokens", w.tokens, g.tokens), ("log-probs", w.logprobs, g.logprobs)):
+                        if not np.array_equal(np.asarray(a), np.asarray(b)):
+                            i = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(a))
+                            return (f"multi-token {what} differ from one-token ones at position {i} (row {r} of "
+                                    f"{rows}, temperature {temperature:g}, chunk {chunk})"), checked
+                    checked += len(w.tokens)
+    return None, checked

@@ -11,6 +11,8 @@ function returning a `Check` with the worst deviation it measured:
     normalized  each conditional of the score graph sums (integrates, for mixtures) to one over x_i
     batching    rows batched at different positions get the answers they get alone
     held_out    the manifest's held-out check slice reproduces (when the caller has the data)
+    multi_step  the multi-token graph (stepk.onnx, where the manifest declares one) draws exactly the seeded
+                tokens and log-probs of one step per position
 
 The server runs these with the FAST budget when it loads a backend (ARSERVE_VERIFY_ON_LOAD) and refuses a
 model that fails; `arserve verify` runs them with FULL on every backend and adds the manifest and hashes.
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.engine.generation import multi_token_problem
 from app.engine.sampling import log_softmax, mixture_log_density, sample_categorical, sample_mixture
 from app.runtime.backends import Backend
 from app.runtime.manifest import ArtifactError, Manifest, load_manifest, revision
@@ -45,6 +48,7 @@ PROPERTIES = {
     "normalized": "each conditional sums (or integrates) to 1",
     "batching": "rows batched at different positions answer as alone",
     "held_out": "the manifest's held-out check slice reproduces",
+    "multi_step": "several positions per call draw exactly what one position per call draws",
 }
 
 
@@ -438,7 +442,22 @@ def verify_backend(backend: Backend, m: Manifest, budget: Budget = FAST, held_ou
         for name in ("normalized", "batching"):
             report.checks.append(Check(name, False, detail="not checked: stepping the model raised (see score_step)"))
     report.checks.append(_guard("held_out", lambda: check_held_out(backend, m, held_out, why_no_data)))
+    report.checks.append(_guard("multi_step", lambda: check_multi_step(backend, m, p, budget)))
     return report
+
+
+def check_multi_step(backend: Backend, m: Manifest, p: Plan, budget: Budget) -> Check:
+    """Seeded samples drawn several positions per call (the manifest's multi_step graph) equal, token for token and
+    log-prob for log-prob, those drawn one position per call: through the engine's own generation loop."""
+    if m.multi_step is None or getattr(backend, "step_k", None) is None:
+        why = "no multi_step graph declared" if m.multi_step is None else "this backend runs one position per call"
+        return Check("multi_step", None, detail=why)
+    temperatures = [1.0, 0.0] if _mixture(m) else [1.0, 0.0, 0.7]
+    problem, checked = multi_token_problem(backend, _mixture(m), m.token_dtype, p.steps, budget.seed, temperatures)
+    if problem:
+        return Check("multi_step", False, detail=problem)
+    return Check("multi_step", True, 0.0, 0.0, f"{checked} tokens and log-probs identical (chunks 7 and 64, 1 and 3 "
+                                                f"rows, temperatures {temperatures})")
 
 
 def check_manifest(folder: Path) -> tuple[Check, Manifest | None]:
