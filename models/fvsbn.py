@@ -62,3 +62,12 @@ class FVSBN(ARModel):
         s = s + col * gate.unsqueeze(-1)  # (B, D)
         logit = s.gather(1, pos.unsqueeze(1)).squeeze(1) + self.b[pos]  # (B,)
         return bernoulli_logits(logit), (s,)
+
+    def _multi_step(self, x_prev: Tensor, pos: Tensor, state: State) -> tuple[Tensor, State]:
+        """`_step` inside the multi-token graph (models/multistep.py), where x_prev is a drawn pixel and 0 at
+        position 0, so that it is its own gate: the same bits (a column times 0 adds ±0 to s, whichever column
+        position 0 reads), fewer nodes, the logit alone."""
+        (s,) = state
+        col = self.W.t()[pos - 1] * self.mask.t()[pos - 1]  # (B, D)
+        s = s + col * x_prev.to(s.dtype).unsqueeze(-1)
+        return s.gather(1, pos.unsqueeze(1)).squeeze(1) + self.b[pos], (s,)

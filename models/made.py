@@ -138,3 +138,20 @@ class MADE(ARModel):
         s = state[1] + (self.direct.weight.t()[prev] * self.direct.mask.t()[prev]) * gate  # (B, D)
         logit = logit + s.gather(1, pos.unsqueeze(1)).squeeze(1)
         return bernoulli_logits(logit), (acc, s)
+
+    def _multi_step(self, x_prev: Tensor, pos: Tensor, state: State) -> tuple[Tensor, State]:
+        """`_step` inside the multi-token graph (models/multistep.py), where x_prev is a drawn pixel and 0 at
+        position 0, so that it is its own gate: the same bits (a column times 0 adds ±0, whichever column
+        position 0 reads), fewer nodes, the logit alone."""
+        acc = state[0]
+        first, out = self.layers[0], self.layers[-1]
+        gate = x_prev.to(acc.dtype).unsqueeze(-1)  # (B, 1)
+        acc = acc + (first.weight.t()[pos - 1] * first.mask.t()[pos - 1]) * gate
+        h = torch.relu(acc + first.bias)  # (B, H1)
+        for layer in self.layers[1:-1]:
+            h = torch.relu(layer(h))  # (B, H_l)
+        logit = (h * (out.weight[pos] * out.mask[pos])).sum(-1) + out.bias[pos]  # (B,)
+        if not self.config.direct:
+            return logit, (acc,)
+        s = state[1] + (self.direct.weight.t()[pos - 1] * self.direct.mask.t()[pos - 1]) * gate  # (B, D)
+        return logit + s.gather(1, pos.unsqueeze(1)).squeeze(1), (acc, s)

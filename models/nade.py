@@ -71,5 +71,14 @@ class NADE(ARModel):
         (a,) = state
         seen = (pos * x_prev > 0).to(a.dtype).unsqueeze(-1)  # x_{pos-1} in {0, 1}; 0 at position 0, whatever x_prev
         a = a + self.W[pos - 1] * seen  # position 0 reads row -1 and multiplies it by 0
-        logit = (torch.sigmoid(a + self.c) * self.V[pos]).sum(-1) + self.b[pos]  # (B,)
-        return bernoulli_logits(logit), (a,)
+        return bernoulli_logits(self._logit(a, pos)), (a,)
+
+    def _multi_step(self, x_prev: Tensor, pos: Tensor, state: State) -> tuple[Tensor, State]:
+        """`_step` inside the multi-token graph (models/multistep.py), where x_prev is a drawn pixel and 0 at
+        position 0, so that it is its own gate: the same arithmetic on three nodes fewer, the logit alone."""
+        (a,) = state
+        a = a + self.W[pos - 1] * x_prev.to(a.dtype).unsqueeze(-1)
+        return self._logit(a, pos), (a,)
+
+    def _logit(self, a: Tensor, pos: Tensor) -> Tensor:
+        return (torch.sigmoid(a + self.c) * self.V[pos]).sum(-1) + self.b[pos]  # (B,)

@@ -86,7 +86,7 @@ def test_the_exporter_declares_a_multi_token_graph_whose_weights_live_in_model_p
     assert m.multi_step is not None and m.multi_step.file in m.files
     assert m.export["parity"]["multi_step"]["tokens_equal"]
     proto = onnx.load(str(artifacts / f"tiny-{family}" / m.multi_step.file), load_external_data=False)
-    assert [n.op_type for n in proto.graph.node].count("Loop") == 1
+    assert [n.op_type for n in proto.graph.node].count("Scan") == 1
     external = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
     assert external <= {"model.pt", "weights.bin"}
 
@@ -219,7 +219,7 @@ def test_verify_checks_the_multi_token_graph_and_catches_a_broken_one(artifacts,
     assert check.passed, check.detail
     # invert the graph's draw (l <= hi instead of l >= hi): a graph that samples something else
     proto = onnx.load(str(folder / "stepk.onnx"), load_external_data=False)
-    body = next(n for n in proto.graph.node if n.op_type == "Loop").attribute[0].g
+    body = next(n for n in proto.graph.node if n.op_type == "Scan").attribute[0].g
     next(n for n in body.node if n.op_type == "GreaterOrEqual").op_type = "LessOrEqual"
     onnx.save(proto, str(folder / "stepk.onnx"))
     raw = json.loads((folder / "manifest.json").read_text())
