@@ -13,6 +13,11 @@ one call per token. Naive: the parallel pass on the whole prefix for every new t
 token's, so it costs what recomputing the conditionals costs. Both sides pay the same numpy sampler per token,
 and both run on the same runtime: the ratio is the algorithm's, not a runtime's.
 
+Multi-token (the models that ship stepk.onnx: NADE, FVSBN, MADE, finite-memory, RNADE): the service's own
+generation loop (app/engine/generation.py) with `chunk` 64, so that one runtime call draws up to 64 positions,
+the draws in the graph (models/multistep.py); timed like cached, beside the same loop at chunk 1, and divided
+by the same naive figure: "cached, 64 per call / naive".
+
 Cached tokens/s is timed over whole generations (median of repeats). A naive generation of 4096 WaveNet samples
 would take minutes, so naive tokens/s comes from the per-token cost at evenly spaced positions: a generation's
 time is the sum of its per-token costs, and the mean of an even sample of them estimates it without bias.
@@ -34,7 +39,9 @@ import numpy as np
 import torch
 
 import models
+from app.engine.generation import SampleSpec, generate
 from app.engine.sampling import sample_categorical, sample_mixture, sample_row
+from app.runtime.backends import OnnxBackend
 from app.runtime.manifest import load_manifest
 from bench.common import Context, Figure, machine
 from models.export import export_model, placeholder_meta
@@ -60,6 +67,7 @@ REALISTIC = {
     "wavenet": ({"length": 16000}, 4096),
 }
 SHIPPED_TOKENS = {"wavenet": 4096}  # variable-length shipped models: tokens drawn (default: min(length, 512))
+MULTI_CHUNK = 64  # positions per runtime call on the multi-token path
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,56 @@ def naive_token_seconds(rt: Runtime, spec: Spec, steps: int, probes: int, batch:
     return statistics.mean(costs)
 
 
+def engine_seconds(backend: OnnxBackend, spec: Spec, steps: int, chunk: int, seed: int = 0, batch: int = 1) -> float:
+    """CPU time of this thread for one generation of `steps` tokens in each of `batch` rows through the service's
+    generation loop (one Batch), `chunk` positions per runtime call at most. ONNX Runtime runs on the calling
+    thread (one intra-op thread), so this is the work done, whatever else the machine runs meanwhile."""
+    specs = [SampleSpec(max_new=steps, prefix=np.zeros(0, dtype=spec.token_dtype), seed=seed + r, chunk=chunk)
+             for r in range(batch)]
+    t0 = time.thread_time()
+    generate(backend, specs, spec.mixture, np.dtype(spec.token_dtype).name)
+    return time.thread_time() - t0
+
+
+def naive_cpu_seconds(backend: OnnxBackend, spec: Spec, steps: int, t: int, batch: int, rng) -> float:
+    """CPU time of one naive token at position t (the parallel pass on the prefix, and the draw)."""
+    x = np.zeros((batch, t + 1 if spec.variable_length else spec.length), dtype=spec.token_dtype)
+    params = np.zeros((batch, spec.num_params), dtype=np.float32)
+    t0 = time.thread_time()
+    backend.log_prob(x)
+    draw(spec, params, rng)
+    return time.thread_time() - t0
+
+
+def measure_multi(folder: Path, spec: Spec, steps: int, repeats: int, probes: int, extra: dict, batch: int = 1
+                  ) -> list[Figure]:
+    """For models with a multi-token graph: the engine at 1 and at MULTI_CHUNK positions per call, and naive, all in
+    CPU time of this thread, alternated round by round (the machine is shared: its wall clock is not ours)."""
+    m = load_manifest(folder)
+    if m.multi_step is None:
+        return []
+    backend = OnnxBackend(folder, m)
+    engine_seconds(backend, spec, min(steps, 8), MULTI_CHUNK, batch=batch)  # warm-up
+    rng = np.random.default_rng(0)
+    positions = np.linspace(0, steps - 1, probes).astype(int)
+    one, multi, naive = [], [], []
+    for i in range(repeats):
+        one.append(engine_seconds(backend, spec, steps, 1, seed=i, batch=batch))
+        multi.append(engine_seconds(backend, spec, steps, MULTI_CHUNK, seed=i, batch=batch))
+        naive.append(statistics.mean(naive_cpu_seconds(backend, spec, steps, int(t), batch, rng) for t in positions))
+    one_tps, multi_tps = batch * steps / statistics.median(one), batch * steps / statistics.median(multi)
+    naive_tps = batch / statistics.median(naive)
+    config = {"model": spec.name, "family": spec.family, "runtime": "onnxruntime", "batch": batch, "tokens": steps,
+              "repeats": repeats, "chunk": MULTI_CHUNK, "naive_probes": probes, "clock": "thread CPU time", **extra}
+    name = f"{spec.name} cached, {MULTI_CHUNK} per call"
+    return [
+        Figure("generation", f"{spec.name} engine, 1 per call (onnxruntime)", one_tps, "tokens/s", config),
+        Figure("generation", f"{name} (onnxruntime)", multi_tps, "tokens/s", config),
+        Figure("generation", f"{spec.name} naive, CPU time (onnxruntime)", naive_tps, "tokens/s", config),
+        Figure("generation", f"{name} / naive (onnxruntime)", multi_tps / naive_tps, "x", config),
+    ]
+
+
 def measure(rt: Runtime, spec: Spec, steps: int, repeats: int, probes: int, extra: dict, batch: int = 1
             ) -> list[Figure]:
     cached_seconds(rt, spec, min(steps, 8), batch=batch)  # warm-up
@@ -149,6 +207,9 @@ def run(ctx: Context) -> list[Figure]:
         for rt in runtimes:
             log.info("generation: %s through %s, %d tokens", spec.name, rt.name, steps)
             figures += measure(rt, spec, steps, 1 if ctx.quick else ctx.repeats, 3 if ctx.quick else 12, {})
+            if rt.name == "onnxruntime":
+                figures += measure_multi(folder, spec, steps, 1 if ctx.quick else ctx.repeats, 3 if ctx.quick else 12,
+                                         {})
     return figures
 
 
@@ -190,8 +251,15 @@ def main(argv: list[str] | None = None) -> None:
                 log.info("%s through %s, %d tokens", name, rt.name, steps)
                 figures += measure(rt, spec, steps, 1 if args.quick else args.repeats, 4 if args.quick else 12, extra,
                                    args.batch)
+                if rt.name == "onnxruntime":
+                    figures += measure_multi(folder, spec, steps, 1 if args.quick else args.repeats,
+                                             4 if args.quick else 12, extra, args.batch)
     table = markdown(figures, f"batch {args.batch}, {args.threads} thread(s), random weights")
     print(table)
+    multi = multi_markdown(figures)
+    if multi:
+        print("\n" + multi)
+        table += "\n\n" + multi
     if args.out:
         command = "python -m bench.generation " + " ".join(argv if argv is not None else sys.argv[1:])
         args.out.with_suffix(".md").write_text(f"`{command}` on {machine()}\n\n{table}\n")
@@ -203,6 +271,8 @@ def markdown(figures: list[Figure], note: str) -> str:
     """One row per (model, runtime): cached and naive tokens/s and their ratio."""
     rows: dict[tuple, dict] = {}
     for f in figures:
+        if "per call" in f.name:
+            continue
         row = rows.setdefault((f.config["model"], f.config["runtime"]), {"config": f.config})
         row[f.unit if f.unit == "x" else ("cached" if " cached " in f.name else "naive")] = f.value
     lines = [f"| model | runtime | tokens | cached tok/s | naive tok/s | cached / naive |  ({note})",
@@ -213,5 +283,24 @@ def markdown(figures: list[Figure], note: str) -> str:
     return "\n".join(lines)
 
 
+def multi_markdown(figures: list[Figure]) -> str:
+    """The multi-token rows (CPU time): the engine at 1 and MULTI_CHUNK positions per call, naive, the ratio."""
+    rows: dict[str, dict] = {}
+    for f in figures:
+        if f.config.get("clock") == "thread CPU time":
+            kind = "x" if f.unit == "x" else "naive" if "naive" in f.name else "one" if "1 per" in f.name else "multi"
+            rows.setdefault(f.config["model"], {"config": f.config})[kind] = f.value
+    if not rows:
+        return ""
+    batch = next(iter(rows.values()))["config"]["batch"]
+    lines = [f"| model | tokens | engine, 1 per call tok/s | engine, {MULTI_CHUNK} per call tok/s | naive tok/s "
+             f"| {MULTI_CHUNK} per call / naive |  (thread CPU time, batch {batch})",
+             "|---|---:|---:|---:|---:|---:|"]
+    for model, r in rows.items():
+        lines.append(f"| {model} | {r['config']['tokens']} | {r['one']:,.0f} | {r['multi']:,.0f} | {r['naive']:,.1f} "
+                     f"| {r['x']:,.1f}x |")
+    return "\n".join(lines)
+
 if __name__ == "__main__":
     main()
+

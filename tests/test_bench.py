@@ -53,6 +53,7 @@ def test_bench_quick_report(tiny_exported, tmp_path):
     names = {f["name"] for f in figures}
     for model in ("tiny-text-transformer", "tiny-wavenet", "tiny-nade"):
         assert f"{model} cached / naive (onnxruntime)" in names
+    assert "tiny-nade cached, 64 per call / naive (onnxruntime)" in names  # the multi-token path, stepk.onnx
     markdown = (tmp_path / "quick.md").read_text()
     for section in SECTIONS:
         assert f"## {section}" in markdown

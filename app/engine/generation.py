@@ -132,6 +132,7 @@ class Batch:
         self.state: list[np.ndarray] = []
         self._version = 0  # bumped when rows move, so that cached settings groups are recomputed
         self._groups: tuple[int, bytes, list] | None = None
+        self.multi_members = 0  # members the multi-token graph may draw
         self.keeping_top = 0  # members that record their positions' most likely tokens (spec.top_logprobs)
         self._free()
 
@@ -159,6 +160,7 @@ class Batch:
         self.chunk[r] = min(spec.chunk, MAX_K)
         self.temp[r] = 0.0 if spec.top_k == 1 else spec.temperature  # top-k 1 is the argmax
         self.multi[r] = self.step_k is not None and spec.multi_token
+        self.multi_members += bool(self.multi[r])
         self.gens.append(gen)
         self.keeping_top += bool(gen.spec.top_logprobs)
         gen.started = time.perf_counter()
@@ -169,6 +171,7 @@ class Batch:
         moves into its place."""
         r = self.gens.index(gen)
         out = self._hand_over(r)
+        self.multi_members -= bool(self.multi[r])
         last = len(self.gens) - 1
         if r != last:
             for a in self._arrays():
@@ -199,7 +202,7 @@ class Batch:
     def step(self, k: int) -> tuple[list[Generation], int]:
         """Advance rows [0, k): by one position, or by up to `chunk` positions in one multi-token call for the rows
         that allow it (moved to the front of the k); returns (the members that finished, tokens drawn)."""
-        m = self._front_multi(k) if self.step_k is not None else 0
+        m = self._front_multi(k) if self.multi_members else 0
         if not m:
             return self._step_rows(0, k)
         done, drawn = self._step_multi(m)
