@@ -133,6 +133,7 @@ class Batch:
         self._version = 0  # bumped when rows move, so that cached settings groups are recomputed
         self._groups: tuple[int, bytes, list] | None = None
         self.multi_members = 0  # members the multi-token graph may draw
+        self.fresh = False  # a member drew its first token since the worker last looked (it hands it over now)
         self.keeping_top = 0  # members that record their positions' most likely tokens (spec.top_logprobs)
         self._free()
 
@@ -268,6 +269,7 @@ class Batch:
         firsts = np.flatnonzero((pos == self.plen[:m]) & (took > 0))
         if len(firsts):
             self.first[firsts] = time.perf_counter()
+            self.fresh = True
         pos += took
         finished = np.flatnonzero(pos >= end)
         now = time.perf_counter()
@@ -327,6 +329,7 @@ class Batch:
             firsts = draw_rows[at == self.plen[draw_rows]]
             if len(firsts):
                 self.first[firsts] = time.perf_counter()
+            self.fresh = True
         pos += 1
         finished = np.flatnonzero(pos >= self.end[a:b]) + a
         now = time.perf_counter()
@@ -358,6 +361,7 @@ class Batch:
             self.seq[r, pos], self.lps[r, pos] = token, token_log_softmax(row, token)
             if pos == self.plen[r]:
                 self.first[r] = time.perf_counter()
+                self.fresh = True
         self.pos[r] = pos + 1
         if pos + 1 < self.end[r]:
             return [], int(drawn)
@@ -436,10 +440,12 @@ class Batch:
     # ----- handing tokens over -------------------------------------------------------------------------
 
     def take_new(self) -> list[tuple[Generation, int, list, list]]:
-        """Per member with tokens drawn since the last call: (gen, position of the first, tokens, log-probs).
-        The tokens are appended to gen.tokens / gen.logprobs too."""
+        """Per member with at least one event's worth of tokens (its `chunk`) drawn since the last call: (gen,
+        position of the first, tokens, log-probs); the tokens are appended to gen.tokens / gen.logprobs too. Fewer
+        tokens than an event wait in the batch (the reader could not send them yet), so that a stream of 80-token
+        events costs the event loop one wake-up per event, not one per hand-over; `leave` hands over the rest."""
         n = len(self.gens)
-        return [self._hand_over(r) for r in np.flatnonzero(self.pos[:n] > self.sent[:n]).tolist()]
+        return [self._hand_over(r) for r in np.flatnonzero(self.pos[:n] - self.sent[:n] >= self.chunk[:n]).tolist()]
 
     def _hand_over(self, r: int) -> tuple[Generation, int, list, list] | None:
         g, a, b = self.gens[r], int(self.sent[r]), int(self.pos[r])

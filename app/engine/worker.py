@@ -167,8 +167,8 @@ class ModelWorker:
                 if job is not _WAKE:
                     self.metrics.queue_depth.labels(self.name).dec()
                     self._handle(job)
-            self._advance()
-            self.send()
+            fresh = self._advance()
+            self.send(force=fresh)  # a stream's first token goes at once: time to first token is not throttled
 
     def _wait_for_jobs(self) -> list:
         jobs = []
@@ -246,12 +246,16 @@ class ModelWorker:
             s.batch = None
             self.stream_of.pop(id(s.gen), None)
 
-    def _advance(self) -> None:
+    def _advance(self) -> bool:
+        """One step of every batch's runnable rows; whether a stream drew its first token."""
         if self.dirty:
             self._regroup()
+        fresh = False
         for batch, k in self.plan:
             if k and len(batch) >= k:
                 self._step(batch, k)
+                fresh, batch.fresh = fresh or batch.fresh, False
+        return fresh
 
     def _step(self, batch: Batch, k: int) -> None:
         self.step_rows.observe(k)
