@@ -271,7 +271,7 @@ def markdown(figures: list[Figure], note: str) -> str:
     """One row per (model, runtime): cached and naive tokens/s and their ratio."""
     rows: dict[tuple, dict] = {}
     for f in figures:
-        if "per call" in f.name:
+        if f.config.get("clock") == "thread CPU time":  # measure_multi's figures: multi_markdown
             continue
         row = rows.setdefault((f.config["model"], f.config["runtime"]), {"config": f.config})
         row[f.unit if f.unit == "x" else ("cached" if " cached " in f.name else "naive")] = f.value

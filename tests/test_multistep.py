@@ -252,3 +252,21 @@ def test_shipped_models_draw_the_same_samples_several_positions_per_call(name):
         want = _run(backend, m, [_spec(m, 40 + r, 1, max_new=n) for r in range(rows)])
         _same(want, _run(backend, m, [_spec(m, 40 + r, 50, max_new=n) for r in range(rows)]))
     assert backend.calls["step_k"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("family", MULTI)
+async def test_get_sample_events_hold_chunk_tokens_and_the_sample_does_not_change(client, family):
+    """Through the HTTP API: the same seed at chunk 1 and chunk 3 (several positions per call) gives the same
+    tokens and log-probs, in events of 3 tokens (the last may hold fewer)."""
+    from conftest import sse_events
+
+    model = f"tiny-{family}"
+    one = await sse_events(client, model=model, seed=7, chunk=1, max_len=9)
+    three = await sse_events(client, model=model, seed=7, chunk=3, max_len=9)
+    done_one, done_three = one[-1][1], three[-1][1]
+    assert one[-1][0] == three[-1][0] == "done"
+    assert done_one["tokens"] == done_three["tokens"] and done_one["logprob"] == done_three["logprob"]
+    sizes = [len(d["tokens"]) for e, d in three if e == "token"]
+    assert sizes and all(s == 3 for s in sizes[:-1]) and 1 <= sizes[-1] <= 3
+    assert [t for e, d in three if e == "token" for t in d["tokens"]] == done_three["tokens"]
