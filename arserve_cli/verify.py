@@ -28,6 +28,7 @@ Properties (one report line each, pass/FAIL/skip, with the worst deviation measu
   batching    rows batched at different positions get the answers they get alone
   held_out    the manifest's held-out check slice reproduces (check_slice.npy in the folder, or the
               training data through models/ when installed)
+  multi_step  several positions per call (stepk.onnx, where declared) draw exactly the one-token samples
 Exit code 1 when any property fails."""
 
 

@@ -34,9 +34,7 @@ class Counted:
     def __init__(self, backend):
         self.inner, self.calls = backend, {"step": 0, "step_k": 0}
         self.name, self.updates, self.batch_invariant = backend.name, backend.updates, backend.batch_invariant
-        self.step_k = self._step_k if backend.step_k is not None else None
-        if self.step_k is not None:
-            self._step_k.__func__.draw = backend.step_k.draw  # noqa: B010  (bound methods share their function)
+        self.step_k = _CountedRunner(self) if backend.step_k is not None else None
 
     def init_state(self, batch):
         return self.inner.init_state(batch)
@@ -48,9 +46,15 @@ class Counted:
         self.calls["step"] += 1
         return self.inner.step(*args)
 
-    def _step_k(self, *args):
-        self.calls["step_k"] += 1
-        return self.inner.step_k(*args)
+
+
+class _CountedRunner:
+    def __init__(self, counted: Counted):
+        self.counted, self.draw = counted, counted.inner.step_k.draw
+
+    def __call__(self, *args):
+        self.counted.calls["step_k"] += 1
+        return self.counted.inner.step_k(*args)
 
 
 def _spec(m: Manifest, seed: int, chunk: int, **kw) -> SampleSpec:

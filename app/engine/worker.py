@@ -1,9 +1,11 @@
 """One worker thread per model, fed by a queue: blocking torch / ONNX Runtime calls never touch the event loop.
 
 The thread runs scoring jobs as they come and advances every open stream of its model by one position per
-turn, the streams of one backend stepped together in a Batch (slot buffers that hold their states: up to
-max_rows rows each). Drawn tokens stay in the batch's arrays until they go back to the event loop, per stream
-in one item, in one call_soon_threadsafe every SEND_EVERY_S at most and whenever the worker is about to block.
+turn (or up to its `chunk`, where the model has a multi-token graph), the streams of one backend stepped together
+in a Batch (slot buffers that hold their states: up to max_rows rows each). Drawn tokens stay in the batch's
+arrays until they go back to the event loop, per stream in one item once it holds an event's worth (`chunk`), in
+one call_soon_threadsafe every SEND_EVERY_S at most, at once when a stream drew its first token, and whenever the
+worker is about to block.
 A stream whose reader falls `BUFFER` tokens behind is paused (so a stalled client costs no compute), and a
 cancelled stream is dropped at the next turn. Who runs is recomputed only when something changed (a job, a
 wake-up, a finished or paused stream), so a turn with nothing new costs the batched steps and no per-stream work.
