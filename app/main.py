@@ -18,6 +18,7 @@ from app.engine.registry import Registry
 from app.http import errors, playground
 from app.http.bodies import BodyLimitMiddleware
 from app.http.drain import Drain, DrainMiddleware
+from app.http.fastpath import LogprobFastPath
 from app.http.middleware import MetricsMiddleware
 from app.http.openai import router as openai_router
 from app.http.routes import router
@@ -69,10 +70,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.slots = StreamSlots(settings, metrics)
     app.state.drain = Drain(settings.drain_s)
     errors.install(app)
-    # Outermost last: request id > metrics > CORS > drain (503) > body cap (413) > API keys > the routes
+    # Outermost last: request id > metrics > CORS > drain (503) > body cap (413) > API keys > /logprob's fast lane
+    # > the routes
     keys = settings.api_key_list()
     if settings.api_keys_file is not None and not keys:
         log.warning("ARSERVE_API_KEYS_FILE %s holds no key: every route is open", settings.api_keys_file)
+    app.add_middleware(LogprobFastPath, fastapi=app)  # plainly valid JSON bodies skip FastAPI's machinery
     app.add_middleware(APIKeyMiddleware, keys=keys, metrics_open=not settings.metrics_require_key,
                        docs_open=settings.docs)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
