@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -46,12 +47,35 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     _configure_logging(app.state.settings.log_level)
     app.state.drain.loop = asyncio.get_running_loop()
     app.state.loading = asyncio.create_task(asyncio.to_thread(registry.load), name="arserve-load-models")
+    trim = asyncio.create_task(trim_malloc(app.state.settings.malloc_trim_s), name="arserve-malloc-trim")
     try:
         yield
     finally:
+        trim.cancel()
         with contextlib.suppress(Exception):  # a failed load was logged; shut down regardless
             await app.state.loading
         registry.close()
+
+
+def glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl, macOS): its allocator has no arenas to bound or trim
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+async def trim_malloc(every_s: float) -> None:
+    """glibc keeps what a thread frees in that thread's arena for reuse: under mixed load (requests of every
+    shape, on a dozen threads) the arenas' free pages come and go by tens of MB. malloc_trim(0) hands every
+    arena's free pages back to the OS; run every ARSERVE_MALLOC_TRIM_S on a thread (it takes each arena's lock
+    for a few ms at most), it keeps RSS flat (docs/security.md, "Memory")."""
+    libc = glibc()
+    if libc is None or every_s <= 0:
+        return
+    while True:
+        await asyncio.sleep(every_s)
+        await asyncio.to_thread(libc.malloc_trim, 0)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
