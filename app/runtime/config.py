@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     # ----- memory (docs/security.md, "Memory") -----
     malloc_arena_max: int = Field(2, ge=0)  # glibc malloc arenas at most (python -m app.serve); 0: glibc's 8 per core
     malloc_trim_s: float = Field(30.0, ge=0)  # hand the memory malloc holds free back to the OS this often; 0: never
+    malloc_mmap_threshold: int = Field(262144, ge=0)  # bigger blocks get a mmap of their own (app.serve); 0: glibc's
 
     def backend_for(self, model: str) -> BackendName:
         return self.model_backends.get(model, self.default_backend)
