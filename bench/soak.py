@@ -1,13 +1,16 @@
 """A bounded soak: mixed load on a real server (`python -m app.serve`) for some minutes, the server's RSS sampled.
 
     python -m bench.soak                  # 5 minutes on the shipped models in exported/
-    python -m bench.soak --minutes 3 --out bench/results/soak.json
+    python -m bench.soak --minutes 16 --out bench/results/soak.json    # and soak.png beside it
+    python -m bench.soak --server-env ARSERVE_MALLOC_ARENA_MAX=0       # a setting changed for the server
 
 The mix, from `--clients` threads each looping until the deadline: streams read to the end, streams dropped
 after a few events, POST /sample, POST /logprob of 1-8 inputs, /models, /metrics, and bad requests (unknown
-model, a malformed body, a body over ARSERVE_MAX_BODY_BYTES). It prints RSS every `--every` seconds, then a
+model, a malformed body, a body over ARSERVE_MAX_BODY_BYTES). It prints RSS every `--every` seconds, in all and
+by kind of mapping (malloc's main heap, glibc's thread arenas, other anonymous maps, files: rss_by_kind), then a
 summary: requests by status, 5xx count, RSS after warm-up (first sample after the first minute, or a fifth of the
-run) and at the end. The figure that matters is the growth after warm-up.
+run) and at the end, the range over the last ten minutes, and which kind grew. The figures that matter are the
+growth after warm-up and that range.
 """
 
 from __future__ import annotations
