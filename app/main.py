@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -18,6 +19,7 @@ from app.engine.registry import Registry
 from app.http import errors, playground
 from app.http.bodies import BodyLimitMiddleware
 from app.http.drain import Drain, DrainMiddleware
+from app.http.fastpath import LogprobFastPath
 from app.http.middleware import MetricsMiddleware
 from app.http.openai import router as openai_router
 from app.http.routes import router
@@ -45,12 +47,35 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     _configure_logging(app.state.settings.log_level)
     app.state.drain.loop = asyncio.get_running_loop()
     app.state.loading = asyncio.create_task(asyncio.to_thread(registry.load), name="arserve-load-models")
+    trim = asyncio.create_task(trim_malloc(app.state.settings.malloc_trim_s), name="arserve-malloc-trim")
     try:
         yield
     finally:
+        trim.cancel()
         with contextlib.suppress(Exception):  # a failed load was logged; shut down regardless
             await app.state.loading
         registry.close()
+
+
+def glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl, macOS): its allocator has no arenas to bound or trim
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+async def trim_malloc(every_s: float) -> None:
+    """glibc keeps what a thread frees in that thread's arena for reuse: under mixed load (requests of every
+    shape, on a dozen threads) the arenas' free pages come and go by tens of MB. malloc_trim(0) hands every
+    arena's free pages back to the OS; run every ARSERVE_MALLOC_TRIM_S on a thread (it takes each arena's lock
+    for a few ms at most), it keeps RSS flat (docs/security.md, "Memory")."""
+    libc = glibc()
+    if libc is None or every_s <= 0:
+        return
+    while True:
+        await asyncio.sleep(every_s)
+        await asyncio.to_thread(libc.malloc_trim, 0)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -69,10 +94,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.slots = StreamSlots(settings, metrics)
     app.state.drain = Drain(settings.drain_s)
     errors.install(app)
-    # Outermost last: request id > metrics > CORS > drain (503) > body cap (413) > API keys > the routes
+    # Outermost last: request id > metrics > CORS > drain (503) > body cap (413) > API keys > /logprob's fast lane
+    # > the routes
     keys = settings.api_key_list()
     if settings.api_keys_file is not None and not keys:
         log.warning("ARSERVE_API_KEYS_FILE %s holds no key: every route is open", settings.api_keys_file)
+    app.add_middleware(LogprobFastPath, fastapi=app)  # plainly valid JSON bodies skip FastAPI's machinery
     app.add_middleware(APIKeyMiddleware, keys=keys, metrics_open=not settings.metrics_require_key,
                        docs_open=settings.docs)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -38,6 +38,28 @@ def raise_fd_limit() -> int:
     return soft
 
 
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # mallopt's parameter numbers (malloc.h)
+
+
+def tune_malloc(settings: Settings) -> list[str]:
+    """glibc malloc set for a long-running server (docs/security.md, "Memory"), before the model threads start;
+    returns what was set. At most ARSERVE_MALLOC_ARENA_MAX arenas: each thread that mallocs otherwise gets an
+    arena of its own, whose freed memory only that arena reuses. A fixed mmap threshold: by default glibc raises
+    it to the size of each big block freed (up to 32 MB), after which blocks of a few MB (a scoring batch, a
+    parsed body) are carved from the heap and leave holes there; above the threshold every block is its own
+    mapping, returned to the OS when freed."""
+    from app.main import glibc
+
+    libc, done = glibc(), []
+    if libc is None:
+        return done
+    if settings.malloc_arena_max and libc.mallopt(M_ARENA_MAX, settings.malloc_arena_max):
+        done.append(f"at most {settings.malloc_arena_max} arenas")
+    if settings.malloc_mmap_threshold and libc.mallopt(M_MMAP_THRESHOLD, settings.malloc_mmap_threshold):
+        done.append(f"blocks over {settings.malloc_mmap_threshold} bytes mapped")
+    return done
+
+
 def connection_cap(settings: Settings, fd_limit: int) -> int:
     """Connections the server keeps open at most: below the fd limit by the reserve and one accept burst (asyncio
     accepts up to BACKLOG sockets before the protocol sees any), so that accept() never meets EMFILE."""
@@ -55,6 +77,8 @@ def config(settings: Settings, host: str | None = None, port: int | None = None)
     from app.main import _configure_logging, app
 
     _configure_logging(settings.log_level)
+    if tuned := tune_malloc(settings):
+        log.info("malloc: %s", ", ".join(tuned))
     fd_limit = raise_fd_limit()
     cap = connection_cap(settings, fd_limit)
     limits = Limits(max_connections=cap, header_timeout_s=settings.header_timeout_s,

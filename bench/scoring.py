@@ -1,6 +1,7 @@
 """POST /logprob throughput (issue #13's scoring targets) and the issue #12 WaveNet request, in one run.
 
-    python -m bench.scoring [--exported exported] [--rounds 5] [--baseline DIR] [--big] [--out bench/results/scoring]
+    python -m bench.scoring [--exported exported] [--rounds 5] [--baseline DIR] [--crowd-models A,B] [--big]
+                            [--out bench/results/scoring]
 
 - bulk: FVSBN examples/s through HTTP (packed body, and JSON) against the same ONNX Runtime backend in-process
   (app.engine.scoring.score), at batch 16 and 64.
@@ -8,8 +9,8 @@
   (a costly pass, where merging requests pays), 16 concurrent clients that each send one example per request
   against one client that sends batches of 16 (JSON and packed), each client a closed loop of
   app.client.AsyncArserveClient requests.
-- --baseline DIR: the crowd's JSON figures again from the app/ of another source tree (e.g. `git archive` of
-  main), served beside this one in the same run.
+- --baseline DIR: the bulk figures and the crowd's JSON figures again from the app/ of another source tree (e.g.
+  `git archive` of main), served beside this one in the same run.
 - --big: the issue's 64 inputs x 20,000 WaveNet samples, packed, against a server whose work budget lets it
   through: seconds, the server's RSS before / after / after a repeat, tokens a stream of the same model made
   meanwhile.
@@ -24,7 +25,9 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -39,7 +42,7 @@ from app.client import ArserveClient, AsyncArserveClient
 from app.engine.scoring import score
 from app.runtime import backends
 from app.runtime.manifest import load_manifest
-from bench.common import machine, serve
+from bench.common import machine, serve, server_process
 
 CROWD_MODELS = ["fvsbn-mnist", "made2000-mnist", "pixelrnn-mnist"]  # all take 784 binary pixels
 CLIENTS = 16  # concurrent single-example clients, and the batch of the one batching client
@@ -94,14 +97,27 @@ async def crowd(url: str, model: str, x: np.ndarray, clients: int, per_request: 
         return clients * REQUESTS * per_request / (time.perf_counter() - t0)
 
 
-def crowd_round(servers: dict[str, str], x: np.ndarray) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def crowd_round(servers: dict[str, tuple[str, subprocess.Popen]], x: np.ndarray, models: list[str]) -> dict[str, float]:
+    """examples/s of each crowd, and the server's CPU ms per request meanwhile (steadier than examples/s on a
+    shared machine: it does not count the time the server waited for a core)."""
     out = {}
-    for label, url in servers.items():
-        for model in CROWD_MODELS:
+    for label, (url, proc) in servers.items():
+        pid = proc.pid
+        for model in models:
             for packed in ((False, True) if label == "this" else (False,)):
                 form = "packed" if packed else "json"
-                out[f"{label} {model} {form} 16 clients x 1"] = asyncio.run(crowd(url, model, x, CLIENTS, 1, packed))
-                out[f"{label} {model} {form} 1 client x 16"] = asyncio.run(crowd(url, model, x, 1, CLIENTS, packed))
+                for clients, per_request in ((CLIENTS, 1), (1, CLIENTS)):
+                    name = f"{label} {model} {form} " + ("16 clients x 1" if clients > 1 else "1 client x 16")
+                    cpu = cpu_seconds(pid)
+                    out[name] = asyncio.run(crowd(url, model, x, clients, per_request, packed))
+                    # the warm-up round of crowd() counted too: one request per client
+                    out[f"{name} cpu"] = 1000 * (cpu_seconds(pid) - cpu) / (clients * (REQUESTS + 1))
     return out
 
 
@@ -165,6 +181,14 @@ def report(figures: dict[str, dict[str, float]], command: str) -> str:
                 label, model, form = key.split()[:3]
                 batch = f[key.replace("16 clients x 1", "1 client x 16")]
                 lines.append(f"| {label} | {model} | {form} | {v:,.0f} | {batch:,.0f} | {v / batch:.2f} |")
+        lines += ["", "### The server's CPU per request meanwhile (ms; user + system, all threads)", "",
+                  "| server | model | body | 16 clients x 1 example | 1 client x 16 examples | per example, 16 / 1 |",
+                  "|---|---|---|---:|---:|---:|"]
+        for key, v in f.items():
+            if key.endswith("16 clients x 1 cpu"):
+                label, model, form = key.split()[:3]
+                batch = f[key.replace("16 clients x 1", "1 client x 16")]
+                lines.append(f"| {label} | {model} | {form} | {v:.2f} | {batch:.2f} | {batch / 16 / v:.2f} |")
         lines.append("")
     if "big" in figures:
         lines += ["### wavenet-fsdd, 64 inputs x 20,000 samples (packed, budget raised to let it through)", "",
@@ -177,7 +201,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--exported", type=Path, default=Path("exported"))
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--baseline", type=Path, help="another source tree whose app/ serves the crowd's JSON figures")
+    ap.add_argument("--baseline", type=Path, help="another source tree whose app/ serves the bulk figures and the "
+                                                  "crowd's JSON figures too")
+    ap.add_argument("--crowd-models", default=",".join(CROWD_MODELS), help="models of the crowd figures")
     ap.add_argument("--big", action="store_true", help="also the issue's 64 x 20,000 WaveNet request (minutes)")
     ap.add_argument("--out", type=Path, help="write <out>.md and <out>.json")
     args = ap.parse_args()
@@ -188,16 +214,19 @@ def main() -> None:
     figures: dict[str, dict[str, float]] = {}
     with contextlib.ExitStack() as stack:
         models = stack.enter_context(only(args.exported, CROWD_MODELS))
-        servers = {"this": stack.enter_context(serve(models))}
+        servers = {"this": stack.enter_context(server_process(models))}
         if args.baseline:
-            servers["baseline"] = stack.enter_context(serve(models, cwd=args.baseline))
-        rounds: dict[str, list[dict[str, float]]] = {"bulk 16": [], "bulk 64": [], "crowd": []}
+            servers["baseline"] = stack.enter_context(server_process(models, cwd=args.baseline))
+        urls = {label: url for label, (url, _) in servers.items()}
+        rounds: dict[str, list[dict[str, float]]] = {"crowd": []}
         for r in range(args.rounds):
-            rounds["bulk 16"].append(bulk_round(servers["this"], backend, x[:16]))
-            rounds["bulk 64"].append(bulk_round(servers["this"], backend, x[:64]))
-            rounds["crowd"].append(crowd_round(servers, x))
+            for label, url in urls.items():  # bulk: each server beside its own in-process figure
+                for rows in (16, 64):
+                    key = f"bulk {rows} rows per request" + ("" if label == "this" else f", {label}")
+                    rounds.setdefault(key, []).append(bulk_round(url, backend, x[:rows]))
+            rounds["crowd"].append(crowd_round(servers, x, args.crowd_models.split(",")))
             print(f"round {r + 1}/{args.rounds} done", flush=True)
-        figures.update({f"{k} rows per request" if k.startswith("bulk") else k: medians(v) for k, v in rounds.items()})
+        figures.update({k: medians(v) for k, v in rounds.items()})
     if args.big:
         figures["big"] = big(args.exported)
     command = " ".join(["python -m bench.scoring", *sys.argv[1:]])

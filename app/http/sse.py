@@ -16,9 +16,12 @@ from app.http.drain import CLOSE_GRACE_S, Drain
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of the stream
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(data, separators=...) builds one per call
+
+
 def event(name: str, data: Any) -> bytes:
-    # json.dumps never emits a newline, so the data fits one `data:` line
-    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    # JSON text never holds a raw newline, so the data fits one `data:` line
+    return f"event: {name}\ndata: {_ENCODE(data)}\n\n".encode()
 
 
 def comment(text: str) -> bytes:
@@ -48,9 +51,11 @@ class EventStreamResponse(StreamingResponse):
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         try:
             async with self.drain.deadline():
-                async for chunk in self.body_iterator:
-                    async with asyncio.timeout(self.stall_s):
+                with StallWatch(self.stall_s) as watch:
+                    async for chunk in self.body_iterator:
+                        watch.since = watch.loop.time()
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        watch.since = None
         except TimeoutError:
             if self.drain.expired:
                 last = error("shutting_down", "the server is shutting down")
@@ -71,3 +76,34 @@ class EventStreamResponse(StreamingResponse):
                 await self.body_iterator.aclose()
             finally:
                 self.on_close()
+
+
+class StallWatch:
+    """TimeoutError in the task once one write has waited `stall_s` on the reader (`since`: the loop time the
+    write in progress began, None between writes). The same as an `asyncio.timeout(stall_s)` around each write,
+    for one timer per stall_s per stream instead of a timer made and cancelled per write (per token)."""
+
+    def __init__(self, stall_s: float):
+        self.stall_s = stall_s
+        self.since: float | None = None
+        self.fired = False
+
+    def __enter__(self) -> StallWatch:
+        self.loop, self.task = asyncio.get_running_loop(), asyncio.current_task()
+        self.cancelling = self.task.cancelling()  # cancellations already pending are not ours (as asyncio.timeout)
+        self.timer = self.loop.call_later(self.stall_s, self._check)
+        return self
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        if self.since is not None and now - self.since >= self.stall_s:
+            self.fired = True
+            self.task.cancel()
+            return
+        # the next write can stall no sooner than stall_s from its start: from now, or from the one in progress
+        self.timer = self.loop.call_at((now if self.since is None else self.since) + self.stall_s, self._check)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.timer.cancel()
+        if self.fired and exc_type is asyncio.CancelledError and self.task.uncancel() <= self.cancelling:
+            raise TimeoutError from exc  # ours, not a cancellation from outside (the client left, shutdown)

@@ -134,11 +134,16 @@ class OnnxBackend:
         # Spinning threads burn a core between the tiny step calls of a stream; sleeping costs ~µs.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
+        # (soak, issue #12) No arena for scoring: its shapes change with every request, and the arena kept each
+        # new peak for good (RSS crept under mixed load); malloc hands the blocks back (app/serve.py tune_malloc).
+        opts.enable_cpu_mem_arena = False
         self.score = ort.InferenceSession(str(folder / "score.onnx"), opts, providers=providers)
+        opts.enable_cpu_mem_arena = True
         self.stepper = ort.InferenceSession(str(folder / "step.onnx"), opts, providers=providers)
         self.run_step = direct_run(self.stepper)
         self.shrink = ort.RunOptions()
         self.shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self.shrink = None  # (soak, issue #12) score.onnx runs without an arena (above): nothing to shrink
         self.io = m.io
         self.state_spec = m.state
         self.updates = [s.update for s in m.state]

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     # Conformance checks (app/engine/verify.py, FAST budget) on each backend as it loads: a model that fails is
     # refused, its property named in the log and in /readyz's "skipped". "off" trusts the artifacts.
     verify_on_load: Literal["fast", "off"] = "fast"
+    # ----- memory (docs/security.md, "Memory") -----
+    malloc_arena_max: int = Field(2, ge=0)  # glibc malloc arenas at most (python -m app.serve); 0: glibc's 8 per core
+    malloc_trim_s: float = Field(30.0, ge=0)  # hand the memory malloc holds free back to the OS this often; 0: never
+    malloc_mmap_threshold: int = Field(262144, ge=0)  # bigger blocks get a mmap of their own (app.serve); 0: glibc's
 
     def backend_for(self, model: str) -> BackendName:
         return self.model_backends.get(model, self.default_backend)
