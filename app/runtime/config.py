@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-BackendName = Literal["onnx", "torchscript"]
+BackendName = Literal["onnx", "torchscript", "compiled"]
 
 
 class Settings(BaseSettings):
@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # Conformance checks (app/engine/verify.py, FAST budget) on each backend as it loads: a model that fails is
     # refused, its property named in the log and in /readyz's "skipped". "off" trusts the artifacts.
     verify_on_load: Literal["fast", "off"] = "fast"
+    # ----- the compiled step (docs/compiled.md): what the "compiled" backend does where no build is cached -----
+    compile: Literal["auto", "cached", "off"] = "auto"  # auto: build in the background; cached: use only builds
+    compile_cache: Path | None = None  # where builds live (default ~/.cache/arserve/compiled); one per CPU + torch
 
     def backend_for(self, model: str) -> BackendName:
         return self.model_backends.get(model, self.default_backend)

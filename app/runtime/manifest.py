@@ -86,6 +86,19 @@ class GraphIO(_Strict):
     step_outputs: list[str]  # params, then the new state tensors in order
 
 
+class StepProgram(_Strict):
+    """An optional second form of `step` for runtimes that compile it (docs/compiled.md): a torch.export
+    ExportedProgram with the weights as explicit inputs, so that the file holds no weight twice.
+
+    It is called as program(x_prev, pos, state, weights), state the manifest's state tensors in order and
+    weights the tensors of `weights_file`'s (TorchScript) state dict named in `weights`, in order; it writes the
+    "slots" tensors in place and returns params, then the new value of each "replace" tensor."""
+
+    file: str = "step.pt2"
+    weights_file: str = "model.pt"
+    weights: list[str]
+
+
 class Manifest(_Strict):
     format_version: Literal[1, 2] = FORMAT_VERSION
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)
@@ -107,6 +120,7 @@ class Manifest(_Strict):
     training: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
     export: dict[str, Any] = {}
+    step_program: StepProgram | None = None  # optional in format 2: older manifests have none
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -127,6 +141,8 @@ class Manifest(_Strict):
             raise ValueError("format 1 has no in-place state: every state tensor is replaced whole")
         if len(self.io.step_inputs) != 2 + len(self.state) or len(self.io.step_outputs) != 1 + len(self.state):
             raise ValueError("io.step_inputs/step_outputs must list x_prev, pos / params plus every state tensor")
+        if self.step_program and not {self.step_program.file, self.step_program.weights_file} <= set(self.files):
+            raise ValueError("step_program names files that `files` does not list")
         return self
 
 
