@@ -252,14 +252,13 @@ class CompiledBackend(OnnxBackend):
         self.ready.set()
 
     def _run(self, program, x_prev, pos, state) -> tuple[np.ndarray, list[np.ndarray]]:
-        t = self.torch.from_numpy
-        with self.torch.inference_mode():
-            out = program(t(np.ascontiguousarray(x_prev, dtype=self.manifest.token_dtype)),
-                          t(np.ascontiguousarray(pos, dtype=np.int64)), [t(s) for s in state])
-        params, *replaced = out if isinstance(out, (tuple, list)) else (out,)
-        fresh = iter(replaced)
-        return params.numpy(), [s if u == "slots" else next(fresh).numpy() for u, s in zip(self.updates, state,
-                                                                                             strict=True)]
+        t = self.torch.from_numpy  # shares the arrays' memory: the program writes "slots" tensors in place
+        if x_prev.dtype != self.manifest.token_dtype:
+            x_prev = x_prev.astype(self.manifest.token_dtype)
+        out = program([t(x_prev), t(np.ascontiguousarray(pos, dtype=np.int64)), *[t(s) for s in state]])
+        fresh = iter(out[1:])
+        return out[0].numpy(), [s if u == "slots" else next(fresh).numpy() for u, s in zip(self.updates, state,
+                                                                                           strict=True)]
 
     def _onnx(self, x_prev, pos, state):
         """A plain session run (not the kept binding, which belongs to the worker thread)."""
