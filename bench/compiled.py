@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "compiled"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     rounds, samples = (2, 8000) if args.quick else (args.rounds, args.samples)
     cache = args.cache or Path(os.environ.get("ARSERVE_COMPILE_CACHE") or compiled.default_cache())
     results = {"models": {}, "cpu": compiled.cpu_signature()}
