@@ -107,6 +107,27 @@ def test_compiled_backend_falls_back_to_onnx_logged(mode, artifacts, tmp_path, c
     np.testing.assert_array_equal(backend.result[1], onnx.result[1])
 
 
+def test_a_background_build_that_fails_leaves_onnx_stepping(artifacts, tmp_path, caplog):
+    """ARSERVE_COMPILE=auto builds in a child process while ONNX Runtime steps; a build that fails (here: the
+    cache path is a file, so the child cannot write its entry) is logged with the child's last words."""
+    from app.runtime.backends import CompiledBackend, OnnxBackend
+    from app.runtime.manifest import load_manifest
+
+    folder = artifacts / "tiny-wavenet"
+    m = load_manifest(folder)
+    blocker = tmp_path / "cache"
+    blocker.write_text("not a folder")
+    with caplog.at_level(logging.INFO, logger="arserve"):
+        backend = CompiledBackend(folder, m, mode="auto", cache=blocker)
+        assert backend.status in ("building", "compiled") or backend.status.startswith("onnx: ")
+        state, want = backend.init_state(1), OnnxBackend(folder, m).init_state(1)
+        x, pos = np.array([0]), np.array([0])
+        np.testing.assert_array_equal(backend.step(x, pos, state)[0], OnnxBackend(folder, m).step(x, pos, want)[0])
+        assert backend.ready.wait(300), "the build neither finished nor failed"
+    assert backend.programs is None and backend.status.startswith("onnx: build failed")
+    assert "compiling its step in the background" in caplog.text and "no compiled step (build failed" in caplog.text
+
+
 def test_server_without_torch_serves_the_compiled_backend_through_onnx(artifacts, tmp_path):
     """The slim install's case: torch cannot be imported, so "compiled" (the default backend here) is ONNX,
     logged, and every model is still served; models without a step program default to onnx."""
