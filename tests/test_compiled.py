@@ -160,6 +160,7 @@ def test_compiled_wavenet_through_a_real_server(tmp_path):
     tokens the onnx backend draws, with log-probs within 1e-4."""
     import httpx
 
+    from app.client import ArserveClient
     from bench.common import server_process
 
     models_dir, cache = tmp_path / "models", tmp_path / "cache"
@@ -175,9 +176,20 @@ def test_compiled_wavenet_through_a_real_server(tmp_path):
     with server_process(models_dir, **env) as (url, _):
         model = httpx.get(f"{url}/models").json()["models"][0]
         assert model["compiled_step"] == "compiled"
-        for seed, temperature in ((3, 1.0), (4, 0.0), (5, 0.8)):
-            body = {"model": "wavenet-fsdd", "seed": seed, "temperature": temperature, "max_len": 400}
-            onnx = httpx.post(f"{url}/sample", json={**body, "backend": "onnx"}, timeout=120).json()
-            compiled = httpx.post(f"{url}/sample", json={**body, "backend": "compiled"}, timeout=120).json()
-            assert compiled["tokens"] == onnx["tokens"]
-            np.testing.assert_allclose(compiled["logprobs"], onnx["logprobs"], atol=1e-4, rtol=1e-5)
+        with ArserveClient(url, timeout=120) as client:
+            for seed, temperature in ((3, 1.0), (4, 0.0), (5, 0.8)):
+                body = {"seed": seed, "temperature": temperature, "max_len": 400, "chunk": 50}
+                onnx, compiled = (_tokens(client.sample("wavenet-fsdd", backend=b, **body))
+                                  for b in ("onnx", "compiled"))
+                assert compiled[0] == onnx[0] and len(onnx[0]) == 400
+                np.testing.assert_allclose(compiled[1], onnx[1], atol=1e-4, rtol=1e-5)
+
+
+def _tokens(events) -> tuple[list, list]:
+    """(tokens, per-token log-probs) of a GET /sample stream."""
+    tokens, logprobs = [], []
+    for e in events:
+        if e.event == "token":
+            tokens += e.data["tokens"]
+            logprobs += e.data["logprobs"]
+    return tokens, logprobs
