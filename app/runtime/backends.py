@@ -261,10 +261,11 @@ class CompiledBackend(OnnxBackend):
                                                                                            strict=True)]
 
     def _onnx(self, x_prev, pos, state):
-        """A plain session run (not the kept binding, which belongs to the worker thread)."""
-        feed = dict(zip(self.io.step_inputs, [x_prev, pos, *state], strict=True))
-        params, *new = self.run_step(self.io.step_outputs, feed)
-        return params, new  # unbound, "slots" tensors come back as new arrays
+        """ONNX Runtime as the worker runs it ("slots" tensors bound in place: a plain run of a GroupQueryAttention
+        graph leaves the unwritten cache slots undefined), on a binding of its own (the worker's is not shared)."""
+        if "slots" not in self.updates:
+            return super().step(x_prev, pos, state)
+        return BoundStep(self.stepper, self.io, self.state_spec)(x_prev, pos, state)
 
     def _mismatch(self, programs) -> str | None:
         """One step from a random state at far-apart positions (batch 3, then row by row), and a seeded 48-step

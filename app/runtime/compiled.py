@@ -17,6 +17,7 @@ is needed here, never this project's model code.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -162,7 +163,7 @@ def _export(frozen, m: Manifest, variant: str):
     """The frozen program exported for one variant, with its constant subgraphs (the weight packing) computed
     once here: Inductor's freezing leaves a concatenation of constants to run at every call (measured: 328 KB of
     skip weights copied per WaveNet step), and its GEMM templates prepack only weights that are plain constants.
-    The result takes flat inputs: x_prev, pos, then each state tensor."""
+    Its compiled form takes flat inputs either way: x_prev, pos, then each state tensor."""
     import torch
     from torch.fx.experimental.const_fold import split_const_subgraphs
 
@@ -181,9 +182,10 @@ def _export(frozen, m: Manifest, variant: str):
         module.recompile()
         folded = split_const_subgraphs(module)
         folded.run_folding()
-        flat = (example[0], example[1], *state)
+        if len(inspect.signature(folded.forward).parameters) == len(example):  # it kept the (x_prev, pos, state) form
+            return torch.export.export(folded, example, dynamic_shapes=dynamic)
         flat_dynamic = None if dynamic is None else ({0: batch}, {0: batch}, *[{0: batch}] * len(state))
-        return torch.export.export(folded, flat, dynamic_shapes=flat_dynamic)
+        return torch.export.export(folded, (example[0], example[1], *state), dynamic_shapes=flat_dynamic)
 
 
 def build_in_child(folder: Path, cache: Path, timeout: float = BUILD_TIMEOUT_S) -> Path:
