@@ -205,6 +205,8 @@ class CompiledBackend(OnnxBackend):
         self.ready = threading.Event()  # set when the compiled step is in use or will not be
         reason = "ARSERVE_COMPILE=off" if mode == "off" else compiled.why_not(m)
         path = None if reason else compiled.cached(folder, m, self.cache)
+        if path is None and reason is None and mode == "auto":
+            reason = compiled.why_no_build(m)
         if path is not None:
             self._adopt(path)
         elif reason is None and mode == "auto":

@@ -81,16 +81,21 @@ def entry(m: Manifest, cache: Path) -> Path:
 
 
 def why_not(m: Manifest) -> str | None:
-    """Why this model's step cannot be compiled here, or None."""
+    """Why this model's step cannot run compiled here (built or not), or None."""
     if m.step_program is None:
         return "its manifest declares no step_program"
     try:
         import torch  # noqa: F401
     except ModuleNotFoundError:
         return "torch is not installed (pip install 'arserve[torch]')"
+    return None
+
+
+def why_no_build(m: Manifest) -> str | None:
+    """Why this model's step cannot be compiled here, or None (loading a build needs no compiler)."""
     if not (shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++") or shutil.which("clang++")):
         return "no C++ compiler (g++) on PATH"
-    return None
+    return why_not(m)
 
 
 def cached(folder: Path, m: Manifest, cache: Path) -> Path | None:
@@ -103,12 +108,12 @@ def cached(folder: Path, m: Manifest, cache: Path) -> Path | None:
 
 def build(folder: Path, m: Manifest, cache: Path, threads: int = 1) -> Path:
     """Compile folder's step_program into the cache (a no-op when it is there); returns the entry."""
-    reason = why_not(m)
-    if reason:
-        raise CompileUnavailable(reason)
     done = cached(folder, m, cache)
     if done:
         return done
+    reason = why_no_build(m)
+    if reason:
+        raise CompileUnavailable(reason)
     import torch
 
     torch.set_num_threads(threads)
