@@ -187,7 +187,7 @@ def _export(frozen, m: Manifest, variant: str):
         module.recompile()
         folded = split_const_subgraphs(module)
         folded.run_folding()
-        if len(inspect.signature(folded.forward).parameters) == len(example):  # it kept the (x_prev, pos, state) form
+        if list(inspect.signature(folded.forward).parameters)[-1] == "state":  # it kept the (x_prev, pos, state) form
             return torch.export.export(folded, example, dynamic_shapes=dynamic)
         flat_dynamic = None if dynamic is None else ({0: batch}, {0: batch}, *[{0: batch}] * len(state))
         return torch.export.export(folded, (example[0], example[1], *state), dynamic_shapes=flat_dynamic)
@@ -202,8 +202,9 @@ def build_in_child(folder: Path, cache: Path, timeout: float = BUILD_TIMEOUT_S) 
                               preexec_fn=lambda: os.nice(10) if hasattr(os, "nice") else None)
     except subprocess.TimeoutExpired:
         raise CompileUnavailable(f"the build took over {timeout:.0f} s") from None
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+    if done.returncode != 0:  # the exception's line, not the hints torch prints after it
+        lines = done.stderr.strip().splitlines() or ["(no output)"]
+        last = next((line for line in reversed(lines) if "Error" in line.split(":")[0]), lines[-1])
         raise CompileUnavailable(f"the build failed (exit {done.returncode}): {last}")
     return Path(done.stdout.strip().splitlines()[-1])
 
