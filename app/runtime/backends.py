@@ -285,8 +285,7 @@ class CompiledBackend(OnnxBackend):
         if m.distribution == "gaussian_mixture":
             return None
         walks = []
-        for run, program in ((self._onnx, None), (self._run, programs[0])):
-            step = run if program is None else (lambda x, p, s, f=run, g=program: f(g, x, p, s))
+        for step in (self._onnx, lambda x, p, s: self._run(programs[0], x, p, s)):
             state, x, draws = self.init_state(1), np.zeros(1, dtype=m.token_dtype), np.random.default_rng(1234)
             tokens = []
             for t in range(min(48, m.length)):
