@@ -126,7 +126,7 @@ def build(folder: Path, m: Manifest, cache: Path, threads: int = 1) -> Path:
         for variant in VARIANTS:
             program = _export(frozen, m, variant)
             torch._inductor.aoti_compile_and_package(program, package_path=str(work / f"{variant}.pt2"),
-                                                     inductor_configs=OPTIONS)
+                                                     inductor_configs=dict(OPTIONS))  # it adds keys to the dict given
         (work / "build.json").write_text(json.dumps({
             "model": m.name, "torch": torch.__version__, "cpu": cpu_signature(), "options": OPTIONS, "recipe": RECIPE,
             "seconds": round(time.perf_counter() - start, 1)}, indent=2) + "\n")
