@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from arserve_cli import errors, remote, serve, training, verify
+from arserve_cli import compiling, errors, remote, serve, training, verify
 
 EPILOG = """examples:
   arserve serve                                   # every model in ./exported on port 8000 (= make serve)
@@ -13,6 +13,7 @@ EPILOG = """examples:
   arserve sample lstm-shakespeare --prompt "ROMEO:" --max-len 200
   arserve score nade-mnist digit.png              # log p(x) of an image, against the running server
   arserve verify exported/nade-mnist              # is this artifact a correct autoregressive model?
+  arserve compile exported/wavenet-fsdd           # its step compiled for this machine (backend "compiled")
   arserve train nade-mnist                        # models/recipes/nade-mnist.toml, then export
 
 exit codes:
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="arserve", formatter_class=Formatter, epilog=EPILOG,
         description="Serve, train, export, verify and query exact-likelihood autoregressive models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve, training, remote, verify):
+    for module in (serve, training, remote, verify, compiling):
         module.add_commands(sub, Formatter)
     return parser
 

@@ -61,7 +61,7 @@ def add_commands(sub, formatter) -> None:
     group.add_argument("--prompt", help="text models: text to continue")
     group.add_argument("--prefix", help="tokens to continue, comma-separated (e.g. 0,1,1)")
     p.add_argument("--chunk", type=int, default=16, help="tokens per streamed event (%(default)s)")
-    p.add_argument("--backend", choices=["onnx", "torchscript"], help="default: the model's configured one")
+    p.add_argument("--backend", choices=["onnx", "torchscript", "compiled"], help="default: the model's configured one")
     p.add_argument("-o", "--output", type=Path, help="write the sample: .png for images, .wav for audio, text, "
                                                      "or .npy tokens")
     p.add_argument("--json", action="store_true", help="print the done event (JSON) instead of the sample")
@@ -77,7 +77,7 @@ def add_commands(sub, formatter) -> None:
     p.add_argument("--per-position", action="store_true", help="also report each position's log-prob (JSON)")
     p.add_argument("--prefix-len", type=int, default=0, help="score only x[k:] given x[:k] (%(default)s)")
     p.add_argument("--truncate", action="store_true", help="cut inputs longer than the model's length")
-    p.add_argument("--backend", choices=["onnx", "torchscript"], help="default: the model's configured one")
+    p.add_argument("--backend", choices=["onnx", "torchscript", "compiled"], help="default: the model's configured one")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(run=score)
 

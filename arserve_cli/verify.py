@@ -20,7 +20,8 @@ EXAMPLES = """examples:
 
 Properties (one report line each, pass/FAIL/skip, with the worst deviation measured):
   manifest    manifest.json validates and every file it lists matches its size and sha256
-  load        the runtime (ONNX Runtime; TorchScript when torch is installed) loads the graphs
+  load        the runtime (ONNX Runtime; TorchScript when torch is installed; the compiled step when
+              `arserve compile` built it, checked against ONNX Runtime first) loads the graphs
   state       init_state and step give the state tensors the manifest declares (count, shape, dtype)
   score_step  sequences stepped one token at a time give the parallel log-probs (1e-4 + 1e-5 x |value|)
   causal      changing x_j changes no log-prob before position j
@@ -37,7 +38,7 @@ def add_commands(sub, formatter) -> None:
                        description="Black-box conformance check of exported artifacts, through the runtimes only "
                                    "(never the model code).", epilog=EXAMPLES, formatter_class=formatter)
     p.add_argument("folders", nargs="+", type=Path, help="model folders (each with manifest.json)")
-    p.add_argument("--backend", choices=["all", "onnx", "torchscript"], default="all",
+    p.add_argument("--backend", choices=["all", "onnx", "torchscript", "compiled"], default="all",
                    help="runtime(s) to check (%(default)s: every one the folder ships and this install has)")
     p.add_argument("--quick", action="store_true", help="the budget the server uses at load time")
     p.add_argument("--sequences", type=int, help="sequences stepped one token at a time")
@@ -83,7 +84,7 @@ def verify_folder(folder: Path, which: str, budget, held_out: bool) -> dict:
         result["ok"] = False
         return result
     examples, why = _held_out(folder, m) if held_out else (None, "skipped (--no-held-out)")
-    for name in ("onnx", "torchscript") if which == "all" else (which,):
+    for name in ("onnx", "torchscript", "compiled") if which == "all" else (which,):
         if name not in backends.available(m):
             if which != "all":
                 result["checks"].append(_row(name, v.Check("load", False, detail=f"the folder ships no {name} files "
@@ -92,8 +93,13 @@ def verify_folder(folder: Path, which: str, budget, held_out: bool) -> dict:
         if name == "torchscript" and importlib.util.find_spec("torch") is None:
             result["checks"].append(_row(name, v.Check("load", None, detail="torch is not installed")))
             continue
+        if name == "compiled":
+            why = _not_compiled(folder, m)
+            if why:
+                result["checks"].append(_row(name, v.Check("load", None if which == "all" else False, detail=why)))
+                continue
         try:
-            backend = backends.load(name, folder, m, threads=1)
+            backend = _load(name, folder, m)
         except Exception as e:  # a graph the runtime refuses fails `load`, named
             result["checks"].append(_row(name, v.Check("load", False, detail=f"{type(e).__name__}: {e}"[:500])))
             continue
@@ -102,6 +108,30 @@ def verify_folder(folder: Path, which: str, budget, held_out: bool) -> dict:
         result["checks"] += [_row(name, c) for c in [v.Check("load", True), *report.checks]]
     result["ok"] = all(c["status"] != "FAIL" for c in result["checks"])
     return result
+
+
+def _load(name: str, folder: Path, m):
+    """A backend as the server loads it; the compiled one from the cache only, and only if it is in use."""
+    from app.runtime import backends
+    from app.runtime.config import get_settings
+
+    if name != "compiled":
+        return backends.load(name, folder, m, threads=1)
+    backend = backends.CompiledBackend(folder, m, mode="cached", cache=get_settings().compile_cache)
+    if backend.programs is None:
+        raise RuntimeError(backend.status)
+    return backend
+
+
+def _not_compiled(folder: Path, m) -> str | None:
+    """Why the compiled backend is not checked here: torch missing, or no build (it is never built by verify)."""
+    from app.runtime import compiled
+    from app.runtime.config import get_settings
+
+    if importlib.util.find_spec("torch") is None:
+        return "torch is not installed"
+    cache = get_settings().compile_cache or compiled.default_cache()
+    return None if compiled.cached(folder, m, cache) else f"not built here (run `arserve compile {folder}`)"
 
 
 def _row(backend: str, c) -> dict:

@@ -60,6 +60,13 @@ class ARModel(nn.Module):
         A step at position pos writes, in each row, slot start + pos % size of every ring and nothing else."""
         return {}
 
+    def step_program(self) -> tuple[nn.Module, list[str]] | None:
+        """A step for torch.export with the weights as inputs, for families where packing them pays:
+        (module, the state-dict entries it takes, in order), or None. The module's forward(x_prev, pos, state,
+        weights) writes the "slots" tensors in place, as _step, and returns params (then the new value of each
+        "replace" tensor, as a tuple). Exported as step.pt2 and compiled by the service (docs/compiled.md)."""
+        return None
+
     def _conditionals(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 

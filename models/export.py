@@ -9,6 +9,8 @@ writes into the model's folder:
     score.onnx     x [batch, T] -> log_prob [batch, T]            (T symbolic for variable-length models)
     step.onnx      x_prev [batch], pos [batch], *state -> params [batch, P], *new_state
     weights.bin    the ONNX initializers of both graphs as external data, each distinct tensor stored once
+    step.pt2       (families with a step_program: WaveNet) the step as a torch.export program with the weights as
+                   inputs, read from model.pt by whoever runs it; the service compiles it (docs/compiled.md)
     manifest.json  app.runtime.manifest.Manifest: shapes, vocabulary, state tensors (and how a step updates each:
                    replaced, or written in place at declared slots; docs/state.md), io names, sha256 of every file
 
@@ -42,16 +44,19 @@ from onnx import numpy_helper
 from onnx.external_data_helper import set_external_data
 from torch import Tensor, nn
 
-from app.runtime.manifest import MANIFEST, GraphIO, Manifest, StateTensor, sha256_file
+from app.runtime.manifest import MANIFEST, GraphIO, Manifest, StateTensor, StepProgram, sha256_file
 from models import multistep
 from models.base import ARModel, exporting_onnx, params_log_prob
 from models.checkpoint import CheckpointError, load_checkpoint
-from models.runtimes import EagerRuntime, OnnxRuntime, Runtime, TorchScriptRuntime, step_loop
+from models.runtimes import EagerRuntime, OnnxRuntime, ProgramRuntime, Runtime, TorchScriptRuntime, step_loop
 
 OPSET = 17  # LayerNormalization and the opset-17 reductions; every onnxruntime since 1.12 runs it
 CONTRIB_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib ops: GroupQueryAttention for the attention caches
 WEIGHTS = "weights.bin"
 FILES = ("model.pt", "score.onnx", "step.onnx", WEIGHTS)
+PROGRAM = "step.pt2"  # the step as a torch.export program, for families that pack their weights (docs/compiled.md)
+TORCHSCRIPT_PREFIX = "traced.model."  # a model's state-dict entries inside model.pt (TorchScriptModel -> _Core)
+MAX_PROGRAM_BATCH = 4096  # the batch dimension step.pt2 is exported for: 1 .. this
 INLINE_MAX_BYTES = 128  # smaller tensors stay inside the graph: not worth a seek
 ALIGN = 64  # offsets of external tensors, so that a mapped file gives aligned arrays
 ATOL = 1e-4  # eager vs TorchScript vs ONNX Runtime, per-position log-probs and step parameters ...
@@ -201,10 +206,12 @@ def _attempt(rt: Runtime, what: str, fn, *args):
         raise ExportError(f"parity check failed: {rt.name} {what} raised {type(e).__name__}: {e}") from e
 
 
-def verify(model: ARModel, folder: Path, state: list[StateTensor]) -> dict:
-    """Eager vs TorchScript vs ONNX Runtime on the artifacts in folder; returns the figures measured."""
+def verify(model: ARModel, folder: Path, state: list[StateTensor], program: StepProgram | None = None) -> dict:
+    """Eager vs TorchScript vs ONNX Runtime (and step.pt2, run eagerly, for the step) on the artifacts in
+    folder; returns the figures measured."""
     eager = EagerRuntime(model)
     exported = [TorchScriptRuntime(folder / "model.pt"), OnnxRuntime(folder, state)]
+    steppers = exported + ([ProgramRuntime(folder, state, program)] if program else [])
     _, lengths = _lengths(model)
     cases = list(zip([3, 1, 2], lengths, strict=True))
     lp_diff = {rt.name: 0.0 for rt in exported}
@@ -217,11 +224,11 @@ def verify(model: ARModel, folder: Path, state: list[StateTensor]) -> dict:
     steps = min(model.length, 48)
     token_dtype = np.float32 if model.token_dtype == torch.float32 else np.int64
     in_place = [s.update == "slots" for s in state]
-    step_diff = {rt.name: 0.0 for rt in exported}
+    step_diff = {rt.name: 0.0 for rt in steppers}
     for temperature, B in ((0.0, 1), (1.0, 3)):
         want_tokens, want_params = step_loop(eager, model.dist, token_dtype, B, steps, PARITY_SEED, temperature,
                                              in_place)
-        for rt in exported:
+        for rt in steppers:
             what = f"step loop (temperature {temperature:g}, batch {B})"
             tokens, params = _attempt(rt, what, step_loop, rt, model.dist, token_dtype, B, steps, PARITY_SEED,
                                       temperature, in_place)
@@ -234,7 +241,7 @@ def verify(model: ARModel, folder: Path, state: list[StateTensor]) -> dict:
     before = _random_state(eager.init_state(3))
     want, want_state = eager.step(x_prev, pos, [a.copy() for a in before])
     check_slots(state, before, want_state, pos)
-    for rt in exported:
+    for rt in steppers:
         given = [a.copy() for a in before]
         got, got_state = _attempt(rt, f"step at positions {pos.tolist()}", rt.step, x_prev, pos, given)
         diff = check_close(f"{rt.name} step params at positions {pos.tolist()}", want, got)
@@ -281,6 +288,25 @@ def _write_torchscript(model: ARModel, path: Path) -> None:
         _Core(model), {"score": (x,), "step": _step_example(model, 2)}, strict=False, check_trace=False
     )
     torch.jit.save(torch.jit.script(TorchScriptModel(traced, model.state_spec())), str(path))
+
+
+def _write_program(model: ARModel, folder: Path) -> StepProgram | None:
+    """step.pt2: the family's step_program exported with a dynamic batch and its weights as inputs. The example
+    inputs torch.export keeps (weights included) are dropped before saving: model.pt holds every weight once."""
+    made = model.step_program()
+    if made is None:
+        return None
+    module, names = made
+    weights = model.state_dict()
+    x_prev, pos, state = _step_example(model, 2)
+    batch = torch.export.Dim("batch", min=1, max=MAX_PROGRAM_BATCH)
+    dynamic = {"x_prev": {0: batch}, "pos": {0: batch}, "state": [{0: batch}] * len(state),
+               "weights": [None] * len(names)}
+    program = torch.export.export(module.eval(), (x_prev, pos, state, [weights[n] for n in names]),
+                                  dynamic_shapes=dynamic)
+    program.example_inputs = None
+    torch.export.save(program, str(folder / PROGRAM))
+    return StepProgram(file=PROGRAM, weights=[TORCHSCRIPT_PREFIX + n for n in names])
 
 
 def _onnx_export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
@@ -406,7 +432,8 @@ def _check_onnx(folder: Path) -> None:
 # ----- the manifest and the public entry points ----------------------------------------------------
 
 
-def _manifest(model: ARModel, meta: dict, files: dict, export: dict) -> Manifest:
+def _manifest(model: ARModel, meta: dict, files: dict, export: dict, program: StepProgram | None = None
+              ) -> Manifest:
     missing = [k for k in ("name", "modality", "shape") if k not in meta]
     if missing:
         raise ExportError(f"metadata lacks {missing}")
@@ -425,7 +452,7 @@ def _manifest(model: ARModel, meta: dict, files: dict, export: dict) -> Manifest
             state=[_state_tensor(n, s, d, model.state_slots().get(n)) for n, s, d in spec],
             io=GraphIO(step_inputs=["x_prev", "pos", *names], step_outputs=["params", *[f"new_{n}" for n in names]]),
             files=files, config=model.config_dict(), training=meta.get("training") or {},
-            metrics=meta.get("metrics") or {}, export=export,
+            metrics=meta.get("metrics") or {}, export=export, step_program=program,
             multi_step=multistep.declaration(model) if multistep.supported(model) else None,
         )
     except ValueError as e:  # pydantic's ValidationError
@@ -460,17 +487,20 @@ def export_model(model: ARModel, out_dir: str | Path, meta: dict) -> Manifest:
             _stage("TorchScript tracing", lambda: _write_torchscript(model, build / "model.pt"))
             _stage("ONNX export", lambda: _share_weights(_write_onnx(model, build) | multistep.graphs(model, OPSET),
                                                          build))
+            program = []
+            _stage("torch.export of the step", lambda: program.append(_write_program(model, build)))
         _check_onnx(build)
-        parity = verify(model, build, draft.state)
+        parity = verify(model, build, draft.state, program[0])
         if draft.multi_step is not None:
             parity["multi_step"] = _verify_multistep(model, build, draft)
         export = {
             "opset": OPSET, "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
             "created_utc": created, "external_data": WEIGHTS, "inline_max_bytes": INLINE_MAX_BYTES, "parity": parity,
         }
+        names = FILES + (multistep.FILE,) + ((PROGRAM,) if program[0] else ())
         files = {f: {"sha256": sha256_file(build / f), "bytes": (build / f).stat().st_size}
-                 for f in FILES + (multistep.FILE,) if (build / f).is_file()}
-        manifest = _manifest(model, meta, files, export)
+                 for f in names if (build / f).is_file()}
+        manifest = _manifest(model, meta, files, export, program[0])
         (build / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
         _replace_dir(build, out_dir)
     except BaseException:

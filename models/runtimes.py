@@ -16,7 +16,7 @@ import torch
 import models
 from app.engine.sampling import sample_categorical, sample_mixture
 from app.runtime.backends import BoundStep, direct_run
-from app.runtime.manifest import GraphIO, StateTensor, load_manifest
+from app.runtime.manifest import GraphIO, StateTensor, StepProgram, load_manifest
 from models.base import ARModel
 
 
@@ -93,6 +93,31 @@ def model_weights(scripted: torch.jit.ScriptModule) -> dict[str, torch.Tensor]:
     """The model's own tensors in an exported model.pt, named as in the eager model."""
     prefix = "traced.model."  # TorchScriptModel -> traced _Core -> the model
     return {k[len(prefix):]: v for k, v in scripted.state_dict().items() if k.startswith(prefix)}
+
+
+class ProgramRuntime(Runtime):
+    """step.pt2 (the manifest's step_program) run eagerly, uncompiled, with its weights read from model.pt: what
+    the service compiles, checked as it is shipped. It has no log_prob."""
+
+    name = "step_program"
+
+    def __init__(self, folder: str | Path, state: list[StateTensor], program: StepProgram):
+        self.state = state
+        self.replaced = [s.update != "slots" for s in state]
+        self.fn = torch.export.load(str(Path(folder) / program.file)).module()
+        weights = TorchScriptRuntime(Path(folder) / program.weights_file).module.state_dict()
+        self.weights = [weights[name] for name in program.weights]
+
+    def init_state(self, batch):
+        return [np.zeros([batch, *s.shape[1:]], dtype=s.dtype) for s in self.state]
+
+    @torch.inference_mode()
+    def step(self, x_prev, pos, state):
+        given = [torch.from_numpy(s) for s in state]
+        out = self.fn(torch.from_numpy(x_prev), torch.from_numpy(pos), given, self.weights)
+        params, *replaced = out if isinstance(out, (tuple, list)) else (out,)
+        fresh = iter(replaced)
+        return params.numpy(), [next(fresh).numpy() if r else s for r, s in zip(self.replaced, state, strict=True)]
 
 
 class OnnxRuntime(Runtime):

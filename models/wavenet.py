@@ -137,6 +137,58 @@ class WaveNet(ARModel):
         rings = [(int(a), int(n)) for a, n in zip(self.ring_start, self.ring_size, strict=True)]
         return {"queues": (1, rings)}
 
+    def step_program(self) -> tuple[nn.Module, list[str]]:
+        """The step for torch.export / AOTInductor: PackedStep and the state-dict entries it takes, in order."""
+        n = len(self.config.dilations)
+        per_layer = [f"{m}.{i}.{p}" for m, p in PackedStep.LAYER for i in range(n)]
+        return PackedStep(self), [*PackedStep.INPUT, *per_layer, *PackedStep.HEAD]
+
+
+class PackedStep(nn.Module):
+    """WaveNet's step with its weights as inputs, packed inside the program: every layer's past-tap matrix
+    stacked into one (L, C, 2C) batched matmul, the skip projections concatenated into one (L*C, S) matmul
+    and their biases summed. Exported as step.pt2 (docs/compiled.md); when the service compiles it, the
+    weights become constants and the packing folds away (the plain _step repacks at every call). It writes the
+    queues in place at the same slots as _step and returns the logits only."""
+
+    INPUT = ("embed.weight", "in_past.weight", "in_cur.weight", "in_cur.bias")
+    LAYER = (("dil_past", "weight"), ("dil_cur", "weight"), ("dil_cur", "bias"), ("res", "weight"), ("res", "bias"),
+             ("skip", "weight"), ("skip", "bias"))
+    HEAD = ("head.1.weight", "head.1.bias", "head.3.weight", "head.3.bias")
+
+    def __init__(self, model: WaveNet):
+        super().__init__()
+        self.C, self.L = model.config.residual_channels, len(model.config.dilations)
+        self.register_buffer("ring_size", model.ring_size.clone())
+        self.register_buffer("ring_start", model.ring_start.clone())
+
+    def forward(self, x_prev: Tensor, pos: Tensor, state: list[Tensor], weights: list[Tensor]) -> Tensor:
+        (queues,), C, L = state, self.C, self.L
+        embed, in_past, in_cur_w, in_cur_b = weights[:4]
+        dil_past, dil_cur_w, dil_cur_b, res_w, res_b, skip_w, skip_b = (
+            weights[4 + k * L : 4 + (k + 1) * L] for k in range(len(self.LAYER)))
+        head1_w, head1_b, head2_w, head2_b = weights[4 + len(self.LAYER) * L :]
+        # Indexed reads and an index_put_ write (not gather / scatter_ as in _step): Inductor writes an
+        # index_put_ into the caller's buffer, where a scatter_ became a copy of the whole state and back.
+        rows = torch.arange(queues.shape[0], device=pos.device).unsqueeze(1)  # (B, 1)
+        slots = self.ring_start + pos.unsqueeze(1) % self.ring_size  # (B, L+1)
+        past = queues[rows, slots]  # (B, L+1, C)
+        B = past.shape[0]
+        w_past = torch.stack([w.t() for w in dil_past])  # (L, C, 2C)
+        past_taps = torch.matmul(past[:, 1:].unsqueeze(2), w_past).reshape(B, L, 2 * C)
+        e = F.embedding(bos_where_first(x_prev, pos, BOS), embed)
+        h = F.linear(past[:, 0], in_past) + F.linear(e, in_cur_w, in_cur_b)
+        inputs, zs = [e], []
+        for i in range(L):
+            inputs.append(h)
+            f, g = torch.split(past_taps[:, i] + F.linear(h, dil_cur_w[i], dil_cur_b[i]), [C, C], dim=-1)
+            z = torch.tanh(f) * torch.sigmoid(g)
+            h = h + F.linear(z, res_w[i], res_b[i])
+            zs.append(z)
+        queues.index_put_((rows, slots), torch.stack(inputs, dim=1))
+        s = F.linear(torch.cat(zs, dim=-1), torch.cat(list(skip_w), dim=1), torch.stack(list(skip_b)).sum(0))
+        return F.linear(F.relu(F.linear(F.relu(s), head1_w, head1_b)), head2_w, head2_b)
+
 def delay(h: Tensor, d: int) -> Tensor:
     """(B, T, C) -> (B, T, C) shifted d steps later along time, zeros first: out[:, t] = h[:, t - d]."""
     return F.pad(h, (0, 0, d, 0))[:, : -d]

@@ -17,7 +17,7 @@ from conftest import ROOT, sse_events
 from PIL import Image
 
 CLI = [sys.executable, "-m", "arserve_cli"]
-COMMANDS = ["serve", "train", "export", "sample", "score", "models", "verify"]
+COMMANDS = ["serve", "train", "export", "sample", "score", "models", "verify", "compile"]
 
 
 def arserve(*args, cwd: Path = ROOT, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

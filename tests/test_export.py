@@ -196,6 +196,7 @@ def test_manifest_describes_the_artifacts(family, exported):
     assert (m.family, m.length, m.variable_length, m.num_params) == (family, model.length, model.variable_length,
                                                                      model.num_params)
     extra = {m.multi_step.file} if m.multi_step else set()  # stepk.onnx: tests/test_multistep.py
+    extra |= {"step.pt2"} if model.step_program() else set()  # WaveNet's packed step (docs/compiled.md)
     assert set(m.files) == set(FILES) | extra == {p.name for p in art.iterdir()} - {"manifest.json"}
     assert [s.name for s in m.state] == [n for n, _, _ in model.state_spec()]
     assert m.config == json.loads(json.dumps(model.config_dict()))

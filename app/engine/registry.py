@@ -38,6 +38,9 @@ class ServedModel:
         self.revision = revision(folder)  # in /models and every response: a replaced model is never silently new
         self.available = backends.available(manifest)
         self.default_backend = settings.backend_for(self.name)
+        if self.default_backend == "compiled" and "compiled" not in self.available:  # no step program: plain ONNX
+            log.info("%s declares no step program: its default backend is onnx", self.name)
+            self.default_backend = "onnx"
         if self.default_backend not in self.available:
             raise ArtifactError(f"{folder}: configured backend {self.default_backend!r} has no files here "
                                 f"(available: {self.available})")
@@ -55,9 +58,9 @@ class ServedModel:
             return self._backends[name]
 
     def _load(self, name: str) -> Backend:
-        threads = self.settings.ort_intra_op_threads if name == "onnx" else self.settings.torch_threads
+        threads = self.settings.torch_threads if name == "torchscript" else self.settings.ort_intra_op_threads
         try:
-            backend = backends.load(name, self.folder, self.manifest, threads)
+            backend = backends.load(name, self.folder, self.manifest, threads, self.settings)
         except backends.MissingDependency as e:  # the same for every model: no traceback
             log.error("cannot load the %s backend of %s: %s", name, self.name, e)
             raise unavailable("backend_unavailable", f"backend: {name} cannot load for {self.name}: {e}",
@@ -87,6 +90,9 @@ class ServedModel:
         out["backends"] = self.available
         out["revision"] = self.revision
         out["default_backend"] = self.default_backend
+        if "compiled" in self.available:  # "compiled", "building", "onnx: why not", or not loaded yet
+            loaded = self._backends.get("compiled")
+            out["compiled_step"] = getattr(loaded, "status", "not loaded")
         return out
 
 

@@ -1,4 +1,5 @@
-"""The small protocol the engine runs models through, and its two implementations.
+"""The small protocol the engine runs models through, and its implementations: ONNX Runtime, TorchScript, and
+the compiled step (ONNX Runtime with the step compiled by AOTInductor where the model ships a step program).
 
 A backend turns an exported folder into three numpy functions; everything about the model (graph input
 and output names, state tensors, dtypes, how a step updates each state tensor) comes from the manifest.
@@ -10,6 +11,7 @@ bound as the graph's input and output, TorchScript writes the tensor it was give
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from pathlib import Path
 from typing import Protocol
@@ -21,7 +23,8 @@ from app.runtime.manifest import Manifest, StateTensor
 
 log = logging.getLogger("arserve")
 
-FILES: dict[str, tuple[str, ...]] = {"onnx": ("score.onnx", "step.onnx"), "torchscript": ("model.pt",)}
+FILES: dict[str, tuple[str, ...]] = {"onnx": ("score.onnx", "step.onnx"), "torchscript": ("model.pt",),
+                                     "compiled": ("score.onnx", "step.onnx")}  # and a step_program (available)
 # A log_prob call over at least this many positions hands ONNX Runtime's arena back to the OS when it ends.
 # Measured on wavenet-fsdd, 20,000 samples a row (python -m bench.arena): the arena kept 214 MB after 1 row and
 # 428 MB after 2 (it grows by powers of two and keeps its peak); with the arena off, malloc still kept 113-279 MB;
@@ -207,14 +210,138 @@ class TorchScriptBackend:
             return params.numpy(), [s.numpy() for s in new_state]
 
 
-_CLASSES: dict[str, type] = {"onnx": OnnxBackend, "torchscript": TorchScriptBackend}
+class CompiledBackend(OnnxBackend):
+    """ONNX Runtime, with `step` run by the model's step program compiled for this machine (app/runtime/compiled.py,
+    docs/compiled.md) once that is ready: taken from the cache, or built in a child process (mode "auto") while
+    ONNX Runtime steps. Scoring stays on ONNX Runtime. Before it is used, the compiled step must match ONNX
+    Runtime's (params within 1e-4, the same state, the same seeded tokens); when torch, a compiler or the build
+    is missing or fails, that is logged and every step stays on ONNX Runtime. The state stays the caller's numpy
+    arrays, shared with torch without a copy, and its "slots" tensors are written in place, as ONNX writes them."""
+
+    name = "compiled"
+
+    def __init__(self, folder: Path, m: Manifest, threads: int = 1, mode: str = "auto", cache: Path | None = None,
+                 torch_threads: int = 1):
+        super().__init__(folder, m, threads)
+        from app.runtime import compiled
+
+        self.folder, self.manifest, self.threads = folder, m, torch_threads
+        self.cache = Path(cache) if cache else compiled.default_cache()
+        self.programs = None  # (batch-1 package, any-batch package) once checked
+        self.status = "onnx"  # "building", "compiled", or why not: what the log and `arserve verify` say
+        self.ready = threading.Event()  # set when the compiled step is in use or will not be
+        reason = "ARSERVE_COMPILE=off" if mode == "off" else compiled.why_not(m)
+        path = None if reason else compiled.cached(folder, m, self.cache)
+        if path is None and reason is None and mode == "auto":
+            reason = compiled.why_no_build(m)
+        if path is not None:
+            self._adopt(path)
+        elif reason is None and mode == "auto":
+            self.status = "building"
+            log.info("%s: compiling its step in the background into %s; ONNX Runtime steps meanwhile", m.name,
+                     self.cache)
+            threading.Thread(target=self._build, name=f"compile-{m.name}", daemon=True).start()
+        else:
+            self._give_up(reason or f"no build in {self.cache} (ARSERVE_COMPILE=cached: run `arserve compile`)")
+
+    def _give_up(self, why: str) -> None:
+        self.status = f"onnx: {why}"
+        log.warning("%s: no compiled step (%s); its steps run on ONNX Runtime", self.manifest.name, why)
+        self.ready.set()
+
+    def _build(self) -> None:
+        from app.runtime import compiled
+
+        try:
+            path = compiled.build_in_child(self.folder, self.cache)
+        except Exception as e:
+            self._give_up(f"build failed: {e}")
+            return
+        self._adopt(path)
+
+    def _adopt(self, path: Path) -> None:
+        """Load the packages and check them against ONNX Runtime; only then do steps use them."""
+        from app.runtime import compiled
+
+        try:
+            import torch
+
+            torch.set_num_threads(self.threads)
+            self.torch = torch
+            programs = tuple(compiled.load(path, v) for v in compiled.VARIANTS)
+            problem = self._mismatch(programs)
+        except Exception as e:
+            self._give_up(f"cannot load {path}: {type(e).__name__}: {e}")
+            return
+        if problem:
+            self._give_up(f"the compiled step disagrees with ONNX Runtime: {problem}")
+            return
+        self.programs, self.status = programs, "compiled"
+        log.info("%s: steps run compiled (%s)", self.manifest.name, path)
+        self.ready.set()
+
+    def _run(self, program, x_prev, pos, state) -> tuple[np.ndarray, list[np.ndarray]]:
+        t = self.torch.from_numpy  # shares the arrays' memory: the program writes "slots" tensors in place
+        if x_prev.dtype != self.manifest.token_dtype:
+            x_prev = x_prev.astype(self.manifest.token_dtype)
+        out = program([t(x_prev), t(np.ascontiguousarray(pos, dtype=np.int64)), *[t(s) for s in state]])
+        fresh = iter(out[1:])
+        return out[0].numpy(), [s if u == "slots" else next(fresh).numpy() for u, s in zip(self.updates, state,
+                                                                                           strict=True)]
+
+    def _onnx(self, x_prev, pos, state):
+        """ONNX Runtime as the worker runs it ("slots" tensors bound in place: a plain run of a GroupQueryAttention
+        graph leaves the unwritten cache slots undefined), on a binding of its own (the worker's is not shared)."""
+        if "slots" not in self.updates:
+            return super().step(x_prev, pos, state)
+        return BoundStep(self.stepper, self.io, self.state_spec)(x_prev, pos, state)
+
+    def _mismatch(self, programs) -> str | None:
+        """One step from a random state at far-apart positions (batch 3, then row by row), and a seeded 48-step
+        walk at temperature 1: params within 1e-4 (+1e-5 relative), state alike, tokens equal."""
+        m, rng = self.manifest, np.random.default_rng(0)
+        pos = np.array([m.length - 1, 0, m.length // 2], dtype=np.int64)
+        x_prev = rng.integers(0, m.vocab_size or 2, 3).astype(m.token_dtype)
+        start = [rng.standard_normal((3, *s.shape[1:])).astype(s.dtype) for s in m.state]
+        for rows, program in ((slice(0, 3), programs[1]), *((slice(i, i + 1), programs[0]) for i in range(3))):
+            want = self._onnx(x_prev[rows], pos[rows], [a[rows].copy() for a in start])
+            got = self._run(program, x_prev[rows], pos[rows], [a[rows].copy() for a in start])
+            for what, w, g in (("params", want[0], got[0]), *zip(["state"] * len(start), want[1], got[1], strict=True)):
+                if not np.all(np.abs(w - g) <= 1e-4 + 1e-5 * np.abs(w)):
+                    return f"{what} at positions {pos[rows].tolist()} off by {float(np.max(np.abs(w - g))):.3g}"
+        if m.distribution == "gaussian_mixture":
+            return None
+        walks = []
+        for step in (self._onnx, lambda x, p, s: self._run(programs[0], x, p, s)):
+            state, x, draws = self.init_state(1), np.zeros(1, dtype=m.token_dtype), np.random.default_rng(1234)
+            tokens = []
+            for t in range(min(48, m.length)):
+                params, state = step(x, np.array([t], dtype=np.int64), state)
+                p = np.exp(params[0] - params[0].max())
+                x = np.array([min(int(np.searchsorted(np.cumsum(p / p.sum()), draws.random())), len(p) - 1)])
+                tokens.append(int(x[0]))
+            walks.append(tokens)
+        return None if walks[0] == walks[1] else "a seeded walk drew other tokens"
+
+    def step(self, x_prev, pos, state):
+        programs = self.programs
+        if programs is None:
+            return super().step(x_prev, pos, state)
+        return self._run(programs[0] if len(pos) == 1 else programs[1], x_prev, pos, state)
+
+
+_CLASSES: dict[str, type] = {"onnx": OnnxBackend, "torchscript": TorchScriptBackend, "compiled": CompiledBackend}
 
 
 def available(m: Manifest) -> list[BackendName]:
-    """The backends whose files this model folder ships."""
-    return [name for name, files in FILES.items() if all(f in m.files for f in files)]
+    """The backends whose files this model folder ships ("compiled" where it declares a step program)."""
+    return [name for name, files in FILES.items()
+            if all(f in m.files for f in files) and (name != "compiled" or m.step_program is not None)]
 
 
-def load(name: BackendName, folder: Path, m: Manifest, threads: int) -> Backend:
+def load(name: BackendName, folder: Path, m: Manifest, threads: int, settings=None) -> Backend:
+    """settings (app.runtime.config.Settings): the compiled backend's mode and cache; defaults without."""
     log.info("loading %s backend of %s", name, m.name)
+    if name == "compiled" and settings is not None:
+        return CompiledBackend(folder, m, threads, settings.compile, settings.compile_cache, settings.torch_threads)
     return _CLASSES[name](folder, m, threads)

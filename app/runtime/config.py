@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-BackendName = Literal["onnx", "torchscript"]
+BackendName = Literal["onnx", "torchscript", "compiled"]
 
 
 class Settings(BaseSettings):
@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     malloc_arena_max: int = Field(2, ge=0)  # glibc malloc arenas at most (python -m app.serve); 0: glibc's 8 per core
     malloc_trim_s: float = Field(30.0, ge=0)  # hand the memory malloc holds free back to the OS this often; 0: never
     malloc_mmap_threshold: int = Field(262144, ge=0)  # bigger blocks get a mmap of their own (app.serve); 0: glibc's
+    # ----- the compiled step (docs/compiled.md): what the "compiled" backend does where no build is cached -----
+    compile: Literal["auto", "cached", "off"] = "auto"  # auto: build in the background; cached: use only builds
+    compile_cache: Path | None = None  # where builds live (default ~/.cache/arserve/compiled); one per CPU + torch
 
     def backend_for(self, model: str) -> BackendName:
         return self.model_backends.get(model, self.default_backend)

@@ -97,6 +97,19 @@ class MultiStep(_Strict):
     outputs: list[str]  # tokens, params, pos_next, the new state tensors
 
 
+class StepProgram(_Strict):
+    """An optional second form of `step` for runtimes that compile it (docs/compiled.md): a torch.export
+    ExportedProgram with the weights as explicit inputs, so that the file holds no weight twice.
+
+    It is called as program(x_prev, pos, state, weights), state the manifest's state tensors in order and
+    weights the tensors of `weights_file`'s (TorchScript) state dict named in `weights`, in order; it writes the
+    "slots" tensors in place and returns params, then the new value of each "replace" tensor."""
+
+    file: str = "step.pt2"
+    weights_file: str = "model.pt"
+    weights: list[str]
+
+
 class Manifest(_Strict):
     format_version: Literal[1, 2] = FORMAT_VERSION
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)
@@ -119,6 +132,7 @@ class Manifest(_Strict):
     metrics: dict[str, Any] = {}
     export: dict[str, Any] = {}
     multi_step: MultiStep | None = None  # optional, format 2 with or without it
+    step_program: StepProgram | None = None  # optional in format 2: older manifests have none
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -144,6 +158,8 @@ class Manifest(_Strict):
                 raise ValueError(f"multi_step.file {self.multi_step.file!r} is not listed in files")
             if any(s.update != "replace" for s in self.state):
                 raise ValueError("multi_step needs every state tensor replaced whole (a stopped row keeps its state)")
+        if self.step_program and not {self.step_program.file, self.step_program.weights_file} <= set(self.files):
+            raise ValueError("step_program names files that `files` does not list")
         return self
 
 
