@@ -42,7 +42,7 @@ from bench.common import ROOT, machine, serve
 log = logging.getLogger("bench.load")
 
 SAMPLE_MODELS = ["transformer-shakespeare", "igpt-mnist", "wavenet-fsdd", "lstm-shakespeare"]
-LOGPROB_MODELS = ["fvsbn-mnist", "made2000-mnist", "nade-mnist", "pixelcnn-mnist"]
+LOGPROB_MODELS = ["fvsbn-mnist", "made2000-mnist", "nade-mnist", "pixelcnn48-mnist"]
 CONCURRENCY = [1, 4, 16, 64]
 HF_BATCHES = [1, 4, 16]
 LOGPROB_BATCHES = [1, 16]  # examples per POST /logprob: single-example clients and batched clients

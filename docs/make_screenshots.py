@@ -73,17 +73,17 @@ def generate(page: Page, model: str, name: str, **fields: str) -> None:
 
 
 def shoot(page: Page) -> None:
-    pick(page, "pixelcnn-mnist", "generate")
+    pick(page, "pixelcnn48-mnist", "generate")
     for seed in range(1, 8):  # the recent-samples strip
         page.fill("#gen-seed", str(seed))
         page.click("#gen-start")
         page.wait_for_selector("#gen-output[data-state=done]")
     page.check("#gen-shade")
-    generate(page, "pixelcnn-mnist", "generate-image", seed="8")
+    generate(page, "pixelcnn48-mnist", "generate-image", seed="8")
     generate(page, "lstm-shakespeare", "generate-text", seed="5", prompt="ROMEO:\n", **{"max-len": "420"})
     generate(page, "wavenet-fsdd", "generate-audio", seed="2", chunk="64")
 
-    pick(page, "pixelcnn-mnist", "complete")
+    pick(page, "pixelcnn48-mnist", "complete")
     page.fill("#cmp-rows", "12")
     draw(page, "#cmp-pad", TOP_OF_A_SEVEN)
     page.fill("#cmp-count", "6")
@@ -115,7 +115,7 @@ def main() -> None:
         page.wait_for_selector("body[data-ready]")
         shoot(page)
         phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=1)
-        phone.goto(f"{url}/#pixelcnn-mnist")
+        phone.goto(f"{url}/#pixelcnn48-mnist")
         phone.wait_for_selector("body[data-ready]")
         phone.click("#gen-start")
         phone.wait_for_selector("#gen-output[data-state=done]")

@@ -307,7 +307,7 @@ def test_text_streams_and_equals_the_done_text(page):
     assert re.search(r"log p = -?\d+\.\d{3}", spans.nth(0).get_attribute("title"))
 
 
-@pytest.mark.parametrize("model", ["nade-mnist", "pixelcnn-mnist"])
+@pytest.mark.parametrize("model", ["nade-mnist", "pixelcnn48-mnist"])
 def test_image_canvas_pixels_equal_the_done_tokens(page, model):
     choose(page, model)
     page.fill("#gen-seed", "3")
@@ -546,7 +546,7 @@ def test_phone_width_keeps_every_control_reachable(browser, server):
                 box = el.bounding_box()
                 assert box["x"] >= 0 and box["x"] + box["width"] <= 390 + 0.5, (selector, box)
 
-        for model, tab in (("pixelcnn-mnist", "generate"), ("lstm-shakespeare", "generate"),
+        for model, tab in (("pixelcnn48-mnist", "generate"), ("lstm-shakespeare", "generate"),
                            ("wavenet-fsdd", "generate"), ("nade-mnist", "complete"), ("nade-mnist", "score")):
             choose(page, model, tab)
             assert page.evaluate("document.documentElement.scrollWidth") <= 390, (model, tab)
