@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from app.client import ArserveClient, AsyncArserveClient
-from app.engine.generation import Batch, Generation, SampleSpec
+from app.engine.generation import SampleSpec, generate
 from app.engine.scoring import score
 from app.runtime import backends
 from app.runtime.backends import Backend
@@ -70,15 +70,9 @@ def draw_inprocess(s: Served, n: int, streams: int = 1) -> tuple[float, float]:
     """Seconds to draw n tokens in each of `streams` generations stepped together, and to the first token."""
     m = s.manifest
     t0 = time.perf_counter()
-    gens = [Generation(SampleSpec(n, np.zeros(0, m.token_dtype), SEED + i), m.distribution == "gaussian_mixture",
-                       m.token_dtype) for i in range(streams)]
-    batch = Batch(s.backend, streams)  # the worker's slot buffers, stepped the same way
-    for g in gens:
-        batch.join(g)
-    while len(batch):
-        done, _ = batch.step(len(batch))
-        for g in done:
-            batch.leave(g)
+    specs = [SampleSpec(n, np.zeros(0, m.token_dtype), SEED + i) for i in range(streams)]
+    # the worker's slot buffers, stepped the same way
+    gens = generate(s.backend, specs, m.distribution == "gaussian_mixture", m.token_dtype)
     return time.perf_counter() - t0, gens[0].first_token - t0
 
 
