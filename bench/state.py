@@ -36,6 +36,7 @@ import numpy as np
 from app.engine import generation as now_generation
 from app.runtime.backends import load
 from app.runtime.manifest import load_manifest
+from bench.common import median_seconds
 
 log = logging.getLogger("bench.state")
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,13 +117,7 @@ def engine_timer(module, folder: Path, B: int, now: bool, tokens: int):
 def timed(fn, repeats: int) -> float:
     """Median CPU seconds of this thread per call: ONNX Runtime runs on the calling thread (one intra-op
     thread), and on a shared machine wall time is mostly time spent waiting for a core."""
-    fn()  # warm-up
-    t = []
-    for _ in range(repeats):
-        start = time.thread_time()
-        fn()
-        t.append(time.thread_time() - start)
-    return statistics.median(t)
+    return median_seconds(fn, repeats, clock=time.thread_time)
 
 
 def run(baseline: str, models: list[str], rounds: int, engine_tokens: int) -> dict:
