@@ -28,8 +28,9 @@ def add_commands(sub, formatter) -> None:
     p.add_argument("--workers", type=int, default=1, help="server processes, each loads every model; 1 runs make "
                                                          "serve's launcher with its connection guards "
                                                          "(%(default)s)")
-    p.add_argument("--backend", choices=["onnx", "torchscript", "compiled"],
-                   help="default backend (ARSERVE_DEFAULT_BACKEND)")
+    p.add_argument("--backend", choices=["auto", "onnx", "torchscript", "compiled"],
+                   help="default backend (ARSERVE_DEFAULT_BACKEND; default auto: compiled where the model ships a "
+                        "step program, else onnx)")
     p.add_argument("--verify-on-load", choices=["fast", "off"],
                    help="conformance checks as each model loads (ARSERVE_VERIFY_ON_LOAD; default fast)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],

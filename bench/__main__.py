@@ -6,6 +6,10 @@ Sections (each a module with `run(ctx) -> list[Figure]`), all on the models in -
   served      the served path (uvicorn + HTTP/SSE) vs the same backend and engine in-process, and
               WaveNet's real-time factor at its sample rate, one stream and 16 streams (section "wavenet")
   peer        Hugging Face transformers' GPT-2 `generate` beside arserve's /sample, same shape
+  single      one stream per generating model through HTTP, this tree beside --baseline's (issue #19)
+
+Models that ship a step program step compiled where a build for this machine is in the compile cache
+(docs/compiled.md); `--compile build` (the default) makes any missing build first, `--compile cached` never does.
 
 Writes <out>/<name>.md (a table per section, the machine and the command) and <name>.json (one entry per figure
 with its unit and configuration); <name> is "quick" or "full". Timings are medians over repeats; every ratio is
@@ -18,6 +22,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -26,14 +31,16 @@ from pathlib import Path
 import torch
 
 from bench.common import Context, Figure, machine
+from bench.single import BASELINE
 
 SECTIONS = {  # name -> (module, function); served also reports wavenet (one server for both)
     "generation": ("bench.generation", "run"),
     "backends": ("bench.backends", "run"),
     "served": ("bench.served", "run"),
     "peer": ("bench.peer", "run"),
+    "single": ("bench.single", "run"),
 }
-ORDER = ["generation", "backends", "served", "wavenet", "peer"]  # of the report's tables
+ORDER = ["generation", "backends", "served", "wavenet", "peer", "single"]  # of the report's tables
 
 
 def fmt(value: float, unit: str) -> str:
@@ -46,10 +53,16 @@ def fmt(value: float, unit: str) -> str:
     return f"{value:.3g} {unit}"
 
 
-# Issue #6's targets: (what, figure name pattern, family or modality filter, bound, goal or None).
+# Issues #6's and #19's targets: (what, figure name pattern, family or modality filter, bound, goal or None).
 # A pattern's {model} is every shipped model whose figure exists; "min" bounds are floors, "max" ceilings.
 TARGETS = [
-    ("char-Transformer /sample over HTTP vs HF generate, batch 1", "arserve / HF batch 1", None, ("min", 1.5), 3.0),
+    ("#19 char-Transformer, 1 stream through HTTP vs the baseline commit",
+     "transformer-shakespeare 1 stream / baseline", None, ("min", 2.0), None),
+    ("#19 char-Transformer /sample over HTTP vs HF generate, batch 1", "arserve / HF batch 1", None, ("min", 8.0),
+     None),
+    ("#19 WaveNet real-time factor, 1 stream through HTTP, chunk 128", "{model} 1 stream real time", "wavenet",
+     ("min", 1.0), 1.5),
+    ("#19 time to first token through HTTP, text models, ms", "{model} 1 stream ttft", "text", ("max", 5), None),
     ("WaveNet real-time factor, 1 stream through HTTP", "{model} 1 stream http", "wavenet", ("min", 0.5), 1.0),
     ("WaveNet real-time factor, 16 streams through HTTP", "{model} 16 streams http", "wavenet", ("min", 4.0), None),
     ("cached / naive, WaveNet (onnxruntime)", "{model} cached / naive (onnxruntime)", "wavenet", ("min", 20), None),
@@ -80,13 +93,17 @@ def target_lines(figures: list[Figure], families: dict[str, tuple[str, str]]) ->
                         f"{'met' if met else '**missed**'} |")
     if not rows:
         return []
-    return ["## targets (issue #6)", "", "| target | model | measured | bound | |", "|---|---|---:|---|---|", *rows, ""]
+    return ["## targets (issues #6, #19)", "", "| target | model | measured | bound | |", "|---|---|---:|---|---|",
+            *rows, ""]
 
 
 def markdown(figures: list[Figure], meta: dict) -> str:
     out = [f"# arserve benchmarks ({meta['mode']})", "",
            f"`{meta['command']}` on {meta['machine']}, {meta['threads']} thread(s) per runtime, "
            f"{meta['finished_utc']}, {meta['seconds']:.0f} s in all.", ""]
+    if meta.get("compiled_steps"):
+        out += ["Steps: " + ", ".join(f"{name} {how}" for name, how in meta["compiled_steps"].items())
+                + (f"; baseline commit {meta['baseline']}" if meta.get("baseline") else "") + ".", ""]
     out += target_lines(figures, meta["families"])
     for section in ORDER:
         rows = [f for f in figures if f.section == section]
@@ -123,6 +140,34 @@ def listing(figures: list[Figure]) -> list[str]:
     return lines
 
 
+def prepare_compiled(ctx: Context, build: bool) -> dict[str, str]:
+    """model -> how the servers of this run step it: "compiled" (a build for this machine is in the cache, made
+    now if `build`) or "onnx: why not". Builds take minutes, once per machine and artifact."""
+    from app.runtime import compiled
+    from app.runtime.manifest import load_manifest
+
+    cache = Path(os.environ.get("ARSERVE_COMPILE_CACHE") or compiled.default_cache())
+    out = {}
+    for folder in ctx.models():
+        m = load_manifest(folder)
+        if m.step_program is None:
+            continue
+        why = "--compile off" if os.environ["ARSERVE_COMPILE"] == "off" else compiled.why_not(m)
+        if not why and build and compiled.cached(folder, m, cache) is None:
+            why = compiled.why_no_build(m)
+            if not why:
+                logging.info("%s: compiling its step into %s (once per machine: minutes)", m.name, cache)
+                try:
+                    compiled.build_in_child(folder, cache)
+                except compiled.CompileUnavailable as e:
+                    why = str(e)
+        if not why and compiled.cached(folder, m, cache) is None:
+            why = f"no build in {cache} (--compile build, or `arserve compile`)"
+        out[m.name] = "compiled" if not why else f"onnx: {why}"
+        logging.info("%s steps %s in this run", m.name, out[m.name])
+    return out
+
+
 def families(ctx: Context) -> dict[str, tuple[str, str]]:
     """model name -> (family, modality), from the manifests."""
     out = {}
@@ -140,16 +185,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per runtime (here and in the server)")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats per figure in the full run")
+    ap.add_argument("--baseline", default=BASELINE, help=f"the commit `single` serves beside this tree ({BASELINE}); "
+                    "'none': no baseline")
+    ap.add_argument("--compile", choices=["build", "cached", "off"],
+                    default="off" if os.environ.get("ARSERVE_COMPILE") == "off" else "build",
+                    help="build the compiled steps this machine lacks before measuring (build: the default unless "
+                         "ARSERVE_COMPILE=off), use only what the cache holds (cached), or step through ONNX (off)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
-    ctx = Context(args.exported.resolve(), args.quick, args.threads, 2 if args.quick else args.repeats)
+    ctx = Context(args.exported.resolve(), args.quick, args.threads, 2 if args.quick else args.repeats,
+                  None if args.baseline == "none" else args.baseline)
     if not ctx.models():
         ap.error(f"no exported model under {args.exported}")
     t0 = time.perf_counter()
     figures: list[Figure] = []
     skipped: dict[str, str] = {}
+    os.environ["ARSERVE_COMPILE"] = "off" if args.compile == "off" else "cached"  # what the servers started do
+    compiled_steps = prepare_compiled(ctx, build=args.compile == "build")
     for name in args.sections:
+        if name == "single" and ctx.baseline is None:
+            skipped[name] = "--baseline none"
+            continue
         module, fn = SECTIONS[name]
         try:
             run = getattr(importlib.import_module(module), fn)
@@ -165,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"mode": mode, "command": "python -m " + " ".join(["bench", *(argv if argv is not None else sys.argv[1:])]),
             "machine": machine(), "threads": args.threads, "seconds": time.perf_counter() - t0,
             "finished_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "exported": str(args.exported),
-            "skipped": skipped, "families": families(ctx)}
+            "skipped": skipped, "families": families(ctx), "compiled_steps": compiled_steps,
+            "baseline": ctx.baseline}
     args.out.mkdir(parents=True, exist_ok=True)
     report = markdown(figures, meta)
     (args.out / f"{mode}.md").write_text(report)

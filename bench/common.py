@@ -41,6 +41,7 @@ class Context:
     quick: bool  # a smoke run: few tokens, few repeats, well under a minute in all
     threads: int = 1  # intra-op threads for torch and onnxruntime, in this process and in the server
     repeats: int = 5  # timed repeats per figure (the median is reported)
+    baseline: str | None = None  # a commit served beside this tree by the sections that compare with one
 
     def models(self) -> list[Path]:
         return sorted(p for p in self.exported.iterdir() if (p / "manifest.json").is_file()
@@ -116,7 +117,9 @@ def server_process(model_dir: Path, threads: int = 1, nofile: int | None = None,
     port = free_port()
     environ = {**os.environ, "ARSERVE_MODEL_DIR": str(model_dir), "ARSERVE_LOG_LEVEL": "warning",
                "ARSERVE_ORT_INTRA_OP_THREADS": str(threads), "ARSERVE_TORCH_THREADS": str(threads),
-               "OMP_NUM_THREADS": str(threads), **env}
+               "OMP_NUM_THREADS": str(threads),
+               # a compiled step (docs/compiled.md) only where it is built already: no build while measuring
+               "ARSERVE_COMPILE": os.environ.get("ARSERVE_COMPILE", "cached"), **env}
     cmd = [sys.executable, "-m", "app.serve", "--host", "127.0.0.1", "--port", str(port)]
     if not (Path(cwd) / "app" / "serve.py").is_file():  # a baseline tree from before the launcher
         cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),

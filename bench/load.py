@@ -211,6 +211,7 @@ class Plan:
     encoding: str
     quick: bool
     repeats: int = 1  # rounds per level and tree, alternating trees; the median round (by throughput) is reported
+    audio_chunk: int = AUDIO_CHUNK  # samples per SSE event for audio
 
     def requests(self, c: int) -> int:
         return max(c * self.waves, 1 if self.quick else 4)
@@ -219,7 +220,7 @@ class Plan:
 def sample_params(m: dict, plan: Plan) -> tuple[dict, int | None]:
     """GET /sample parameters for a model (and its sample rate, for audio)."""
     audio = m["modality"] == "audio"
-    params: dict = {"chunk": AUDIO_CHUNK if audio else 1}
+    params: dict = {"chunk": plan.audio_chunk if audio else 1}
     if m.get("variable_length", True):
         params["max_len"] = min(plan.audio_tokens if audio else plan.tokens, m["length"] - 1)
     if m["modality"] == "text":

@@ -7,12 +7,16 @@ fixtures so that collecting the other test modules does not pay for them.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The default backend compiles a model's step program at first load (docs/compiled.md): minutes of CPU. Servers
+# the tests start (and inherit this) step through ONNX Runtime; tests/test_compiled.py asks for builds itself.
+os.environ.setdefault("ARSERVE_COMPILE", "off")
 TEXT_CHARS = "abcdefghijklmnopqrstuvwxyz .,;!?'"  # token i = TEXT_CHARS[i] for text models' vocabularies
 
 

@@ -38,10 +38,13 @@ def tiny_exported(tmp_path_factory):
 def test_bench_quick_report(tiny_exported, tmp_path):
     pytest.importorskip("transformers", reason="the peer section needs the `bench` extra (make install has it)")
     proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--exported", str(tiny_exported),
-                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           "--out", str(tmp_path), "--baseline", "none"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "quick.json").read_text())
-    assert report["meta"]["mode"] == "quick" and report["meta"]["skipped"] == {}
+    # `single` serves the shipped models beside an older commit's: tests/test_bench_load.py covers that client
+    assert report["meta"]["mode"] == "quick" and report["meta"]["skipped"] == {"single": "--baseline none"}
+    assert report["meta"]["compiled_steps"] == {"tiny-wavenet": "onnx: --compile off"}  # conftest: ARSERVE_COMPILE
     figures = report["figures"]
     assert {f["section"] for f in figures} == SECTIONS
     for f in figures:

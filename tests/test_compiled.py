@@ -142,8 +142,9 @@ def test_a_background_build_that_fails_leaves_onnx_stepping(artifacts, tmp_path,
 
 
 def test_server_without_torch_serves_the_compiled_backend_through_onnx(artifacts, tmp_path):
-    """The slim install's case: torch cannot be imported, so "compiled" (the default backend here) is ONNX,
-    logged, and every model is still served; models without a step program default to onnx."""
+    """The slim install's case with the default settings: torch cannot be imported, so the default backend of a
+    model with a step program, "compiled", is ONNX, logged, and every model is still served; models without a
+    step program default to onnx."""
     import httpx
 
     from bench.common import server_process
@@ -151,7 +152,7 @@ def test_server_without_torch_serves_the_compiled_backend_through_onnx(artifacts
     fake = tmp_path / "no-torch" / "torch"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
-    env = {"PYTHONPATH": f"{fake.parent}{os.pathsep}{ROOT}", "ARSERVE_DEFAULT_BACKEND": "compiled",
+    env = {"PYTHONPATH": f"{fake.parent}{os.pathsep}{ROOT}", "ARSERVE_COMPILE": "auto",  # the defaults
            "ARSERVE_LOG_LEVEL": "info", "ARSERVE_COMPILE_CACHE": str(tmp_path / "cache")}
     with server_process(artifacts, **env) as (url, proc):
         models = {m["name"]: m for m in httpx.get(f"{url}/models").json()["models"]}

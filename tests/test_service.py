@@ -229,7 +229,7 @@ def test_settings_from_environment(monkeypatch):
     monkeypatch.setenv("ARSERVE_MODEL_BACKENDS", json.dumps({"nade-mnist": "torchscript"}))
     s = Settings()
     assert str(s.model_dir) == "/srv/models" and s.max_batch == 3
-    assert s.backend_for("nade-mnist") == "torchscript" and s.backend_for("other") == "onnx"
+    assert s.backend_for("nade-mnist") == "torchscript" and s.backend_for("other") == "auto"
     monkeypatch.setenv("ARSERVE_DEFAULT_BACKEND", "tensorflow")
     with pytest.raises(ValidationError):
         Settings()

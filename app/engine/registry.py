@@ -38,9 +38,12 @@ class ServedModel:
         self.revision = revision(folder)  # in /models and every response: a replaced model is never silently new
         self.available = backends.available(manifest)
         self.default_backend = settings.backend_for(self.name)
-        if self.default_backend == "compiled" and "compiled" not in self.available:  # no step program: plain ONNX
-            log.info("%s declares no step program: its default backend is onnx", self.name)
+        if self.default_backend in ("auto", "compiled") and "compiled" not in self.available:  # no step program
+            if self.default_backend == "compiled":
+                log.info("%s declares no step program: its default backend is onnx", self.name)
             self.default_backend = "onnx"
+        elif self.default_backend == "auto":
+            self.default_backend = "compiled"
         if self.default_backend not in self.available:
             raise ArtifactError(f"{folder}: configured backend {self.default_backend!r} has no files here "
                                 f"(available: {self.available})")

@@ -221,7 +221,9 @@ class CompiledBackend(OnnxBackend):
     name = "compiled"
 
     def __init__(self, folder: Path, m: Manifest, threads: int = 1, mode: str = "auto", cache: Path | None = None,
-                 torch_threads: int = 1):
+                 torch_threads: int = 1, implicit: bool = False):
+        """implicit: the backend was picked by the default ("auto"), not asked for, so that this machine cannot
+        compile (the slim install has no torch, the torch image no compiler) is logged as news, not a warning."""
         super().__init__(folder, m, threads)
         from app.runtime import compiled
 
@@ -242,11 +244,12 @@ class CompiledBackend(OnnxBackend):
                      self.cache)
             threading.Thread(target=self._build, name=f"compile-{m.name}", daemon=True).start()
         else:
-            self._give_up(reason or f"no build in {self.cache} (ARSERVE_COMPILE=cached: run `arserve compile`)")
+            self._give_up(reason or f"no build in {self.cache} (ARSERVE_COMPILE=cached: run `arserve compile`)",
+                          logging.INFO if implicit else logging.WARNING)
 
-    def _give_up(self, why: str) -> None:
+    def _give_up(self, why: str, level: int = logging.WARNING) -> None:
         self.status = f"onnx: {why}"
-        log.warning("%s: no compiled step (%s); its steps run on ONNX Runtime", self.manifest.name, why)
+        log.log(level, "%s: no compiled step (%s); its steps run on ONNX Runtime", self.manifest.name, why)
         self.ready.set()
 
     def _build(self) -> None:
@@ -343,5 +346,6 @@ def load(name: BackendName, folder: Path, m: Manifest, threads: int, settings=No
     """settings (app.runtime.config.Settings): the compiled backend's mode and cache; defaults without."""
     log.info("loading %s backend of %s", name, m.name)
     if name == "compiled" and settings is not None:
-        return CompiledBackend(folder, m, threads, settings.compile, settings.compile_cache, settings.torch_threads)
+        return CompiledBackend(folder, m, threads, settings.compile, settings.compile_cache, settings.torch_threads,
+                               implicit=settings.backend_for(m.name) == "auto")
     return _CLASSES[name](folder, m, threads)

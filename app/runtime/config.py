@@ -20,7 +20,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ARSERVE_", frozen=True)
 
     model_dir: Path = Path("exported")  # one sub-folder per exported model (manifest.json + artifacts)
-    default_backend: BackendName = "onnx"  # backend of every model not named in model_backends
+    # Backend of every model not named in model_backends. "auto": "compiled" where the model ships a step program
+    # (its step built for this CPU at first load, ONNX Runtime meanwhile and wherever it cannot be built), else
+    # "onnx" (docs/compiled.md).
+    default_backend: BackendName | Literal["auto"] = "auto"
     model_backends: dict[str, BackendName] = {}  # per-model override, JSON: {"nade-mnist": "torchscript"}
     max_batch: int = Field(64, ge=1)  # inputs per POST /logprob
     max_length: int = Field(65536, ge=1)  # tokens one input may hold, or one sample may generate
@@ -69,7 +72,7 @@ class Settings(BaseSettings):
     compile: Literal["auto", "cached", "off"] = "auto"  # auto: build in the background; cached: use only builds
     compile_cache: Path | None = None  # where builds live (default ~/.cache/arserve/compiled); one per CPU + torch
 
-    def backend_for(self, model: str) -> BackendName:
+    def backend_for(self, model: str) -> BackendName | Literal["auto"]:
         return self.model_backends.get(model, self.default_backend)
 
     def scored_positions_for(self, model: str) -> int:
