@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import FAMILIES
 
-from app.engine.generation import Batch, Generation, SampleSpec
+from app.engine.generation import KEEP_IDLE_BYTES, Batch, Generation, SampleSpec
 from app.engine.sampling import mixture_log_density, sample_mixture, sample_row, token_log_softmax, top_logprobs
 from app.runtime.backends import load
 from app.runtime.manifest import load_manifest
@@ -81,8 +81,15 @@ def test_members_joining_pausing_and_leaving_draw_what_each_draws_alone(artifact
             finished.append(g)
         assert batch.capacity <= 4
         turn += 1
-    assert len(batch) == 0 and batch.capacity == 0 and not batch.state  # nothing held once idle
-    for i, g in enumerate(gens[:4]):
+    # Once idle it holds nothing, or (KEEP_IDLE_BYTES) buffers small enough to keep for the next stream, which
+    # must then draw what it draws alone: nothing of the rows' last states leaks into it.
+    assert len(batch) == 0 and (batch.capacity == 0 and not batch.state or 0 < batch.state_bytes() <= KEEP_IDLE_BYTES)
+    gens.append(make(m, 6, n - 3, prefix_of(m, 2)))
+    batch.join(gens[-1])
+    while len(batch):
+        for g in batch.step(len(batch))[0]:
+            batch.leave(g)
+    for i, g in [*enumerate(gens[:4]), (5, gens[5])]:
         tokens, logprobs = single_row(backend, m, g)
         assert g.tokens == tokens, f"generation {i}"
         assert g.logprobs == pytest.approx(logprobs, abs=1e-6, rel=0), f"generation {i}"
@@ -114,6 +121,24 @@ def test_min_p_and_top_logprobs_rows_batched_or_alone(artifacts, family):
             assert ids == want_ids and lps == pytest.approx(want_lps, abs=1e-6, rel=0)
 
 
+def test_an_emptied_batch_keeps_only_small_buffers(artifacts, monkeypatch):
+    """Up to KEEP_IDLE_BYTES of state (and the runtime's binding over it) stay for the next stream; more is let go."""
+    from app.engine import generation
+
+    m = load_manifest(artifacts / "tiny-transformer")
+    backend = load("onnx", artifacts / "tiny-transformer", m, 1)
+    for keep, kept in ((1 << 30, True), (0, False)):
+        monkeypatch.setattr(generation, "KEEP_IDLE_BYTES", keep)
+        batch, gens = Batch(backend, max_rows=4), [make(m, i, 3, []) for i in range(3)]
+        for g in gens:
+            batch.join(g)
+        while len(batch):
+            for g in batch.step(len(batch))[0]:
+                batch.leave(g)
+        assert (batch.capacity == 4 and len(batch.state) == len(m.state)) == kept
+        assert (backend.bound_step.binding is not None) == kept
+
+
 def test_tokens_are_handed_over_once_in_order(artifacts):
     m = load_manifest(artifacts / "tiny-transformer")
     backend = load("onnx", artifacts / "tiny-transformer", m, 1)
@@ -127,7 +152,7 @@ def test_tokens_are_handed_over_once_in_order(artifacts):
             seen += [(i, t) for _, i, t, _ in batch.take_new()]
     last = batch.leave(gen)
     seen.append((last[1], last[2]))
-    assert batch.capacity == 0 and backend.bound_step.binding is None  # no buffer held once the batch is empty
+    assert batch.capacity == 1 and backend.bound_step.binding is not None  # small: kept for the next stream
     flat = [t for _, ts in seen for t in ts]
     assert seen[0][0] == 2 and flat == gen.tokens and len(flat) == m.length - 2
     assert [i for i, _ in seen] == list(np.cumsum([2] + [len(t) for _, t in seen[:-1]]))

@@ -101,6 +101,7 @@ class ModelWorker:
         self.inbox: queue.Queue = queue.Queue()
         self.streams: list[Stream] = []
         self.batches: list[Batch] = []  # each holds streams of one backend, at most max_rows
+        self.idle: dict[str, Batch] = {}  # per backend, an emptied batch that kept its buffers (Batch.leave)
         self.stream_of: dict[int, Stream] = {}  # id(gen) -> its stream
         self.plan: list[tuple[Batch, int]] = []  # each batch and how many of its rows (the runnable) step
         self.dirty = False  # something changed: recompute the plan before the next step
@@ -205,7 +206,7 @@ class ModelWorker:
             try:
                 backend = self.backend(stream.backend)
                 batch = next((b for b in self.batches if b.backend_name == stream.backend and len(b) < self.max_rows),
-                             None) or Batch(backend, self.max_rows)
+                             None) or self.idle.pop(stream.backend, None) or Batch(backend, self.max_rows)
                 batch.join(stream.gen)
             except Exception as e:
                 log.exception("cannot start a generation on %s", self.name)
@@ -238,6 +239,9 @@ class ModelWorker:
             if s.cancelled:
                 self._leave(s)
         self.streams = [s for s in self.streams if not s.cancelled]
+        for b in self.batches:
+            if not len(b) and b.capacity:  # small enough to keep its buffers: the next stream of its backend takes it
+                self.idle[b.backend_name] = b
         self.batches = [b for b in self.batches if len(b)]
         runnable = {id(s.gen) for s in self._runnable()}
         self.plan = [(b, b.front(lambda g: id(g) in runnable)) for b in self.batches]
