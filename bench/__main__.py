@@ -32,8 +32,9 @@ SECTIONS = {  # name -> (module, function); served also reports wavenet (one ser
     "backends": ("bench.backends", "run"),
     "served": ("bench.served", "run"),
     "peer": ("bench.peer", "run"),
+    "roofline": ("bench.roofline", "run"),
 }
-ORDER = ["generation", "backends", "served", "wavenet", "peer"]  # of the report's tables
+ORDER = ["generation", "backends", "served", "wavenet", "peer", "roofline"]  # of the report's tables
 
 
 def fmt(value: float, unit: str) -> str:

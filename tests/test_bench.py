@@ -14,7 +14,7 @@ import sys
 import pytest
 from conftest import ROOT, meta_for
 
-SECTIONS = {"generation", "backends", "served", "wavenet", "peer"}
+SECTIONS = {"generation", "backends", "served", "wavenet", "peer", "roofline"}
 
 
 @pytest.fixture(scope="module")
