@@ -326,6 +326,37 @@ class Timings:
         return {name: pick(v) for name, v in self.rounds.items()}
 
 
+def profile_shares(folder: Path, m: Manifest, T: int, threads: int, top: int = 4) -> list[tuple[str, float]]:
+    """The op types that take most of the step's node time, with their share in %, from ONNX Runtime's profiler
+    over one walk of T positions (the profiler inflates small kernels: shares only, never times)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="roofline-profile-") as tmp:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.enable_profiling, opts.profile_file_prefix = True, str(Path(tmp) / "step")
+        sess = ort.InferenceSession(str(folder / "step.onnx"), opts, providers=["CPUExecutionProvider"])
+        bound = backends.BoundStep(sess, m.io, m.state) if any(s.update == "slots" for s in m.state) else None
+        run = backends.direct_run(sess)
+        state = [np.zeros((1, *s.shape[1:]), dtype=s.dtype) for s in m.state]
+        x_prev = np.zeros(1, dtype=m.token_dtype)
+        for t in range(T):
+            pos = np.array([t], dtype=np.int64)
+            if bound is not None:
+                bound(x_prev, pos, state)
+            else:
+                state = run(m.io.step_outputs, dict(zip(m.io.step_inputs, [x_prev, pos, *state], strict=True)))[1:]
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    by_op: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = e["args"]["op_name"]
+            by_op[op] = by_op.get(op, 0.0) + e["dur"]
+    total = sum(by_op.values()) or 1.0
+    ranked = sorted(by_op.items(), key=lambda kv: -kv[1])[:top]
+    return [(op, round(100 * us_ / total, 1)) for op, us_ in ranked]
+
+
 # ----- the machine ---------------------------------------------------------------------------------------
 
 
@@ -407,6 +438,7 @@ class Row:
     call: float | None = None
     chunk_generate: float | None = None  # multi-token path, `CHUNK` positions per call
     chunk_http: float | None = None
+    profile: list = field(default_factory=list)  # [(op type, % of node time)], from ONNX Runtime's profiler
     note: str = ""
 
     @property
@@ -500,13 +532,14 @@ def measure_model(folder: Path, ctx: Context, mach: Machine, client, rounds: int
             if client is not None:
                 t.add("compiled_http", http_seconds(client, m, T, backend="compiled"))
     s = t.run(rounds)
+    shares = profile_shares(folder, m, T, ctx.threads)
     nbytes = c.weight_bytes + c.kv_bytes
     ideal, bound = mach.ideal(c.macs, nbytes)
     base = dict(model=m.name, family=m.family, tokens=T, macs=c.macs, weight_bytes=c.weight_bytes,
                 kv_bytes=c.kv_bytes, nodes=c.nodes, by_op=c.by_op, bound=bound, ideal=ideal)
     rows = [Row(backend="onnx", step=s["step"], generate=s["generate"], http=s.get("http"),
                 matmul=max(0.0, s["matmul"] - s["run"]), call=s["call"], chunk_generate=s.get("chunk_generate"),
-                chunk_http=s.get("chunk_http"), **base)]
+                chunk_http=s.get("chunk_http"), profile=shares, **base)]
     if compiled_backend is not None:
         if "compiled_step" in s:
             rows.append(Row(backend="compiled", step=s["compiled_step"], generate=s["compiled_generate"],
@@ -534,13 +567,16 @@ def label(r: Row) -> str:
 def table(rows: list[Row]) -> list[str]:
     out = ["| model | family | MACs/token | weight MB/token | bound | ideal µs | step µs | HTTP µs/token | "
            "achieved: step / HTTP | matmul | other nodes | call | draw+loop | HTTP | chunk 64: in-process / HTTP "
-           "µs/token |", "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "µs/token | node time by op (profile, %) |", "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+           "---:|---:|---:|---|"]
     for r in rows:
         sp = r.split
         chunk = "—" if r.chunk_generate is None else f"{us(r.chunk_generate)} / {us(r.chunk_http)}"
+        profiled = " · ".join(f"{op} {share:.0f}" for op, share in r.profile) or "—"
         out.append(f"| {label(r)} | {r.family} | {r.macs:,} | {r.weight_bytes / 1e6:.3g} | {r.bound} | "
                    f"{us(r.ideal)} | {us(r.step)} | {us(r.http)} | {pct(r.achieved(r.step))} / "
-                   f"{pct(r.achieved(r.http))} | " + " | ".join(us(sp[k]) for k in SPLIT) + f" | {chunk} |")
+                   f"{pct(r.achieved(r.http))} | " + " | ".join(us(sp[k]) for k in SPLIT)
+                   + f" | {chunk} | {profiled} |")
     return out
 
 
@@ -557,7 +593,7 @@ def figures(rows: list[Row], mach: Machine, ctx: Context) -> list[Figure]:
 def row_figures(r: Row) -> list[Figure]:
     name = label(r)
     cfg = {"model": name, "family": r.family, "backend": r.backend, "tokens": r.tokens, "bound": r.bound,
-           "kv_bytes": r.kv_bytes, "nodes": r.nodes, "macs_by_op": r.by_op}
+           "kv_bytes": r.kv_bytes, "nodes": r.nodes, "macs_by_op": r.by_op, "node_time_by_op": r.profile}
     f = lambda what, value, unit: Figure("roofline", f"{name} {what}", value, unit, cfg)  # noqa: E731
     figs = [f("MACs/token", r.macs, "MAC"), f("weight MB/token", r.weight_bytes / 1e6, "MB"),
             f("ideal", 1e6 * r.ideal, "µs"), f("step", 1e6 * r.step, "µs")]
