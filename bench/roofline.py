@@ -629,7 +629,8 @@ def markdown(rows: list[Row], mach: Machine, meta: dict) -> str:
 
 
 def plot(rows: list[Row], path: Path) -> bool:
-    """A stacked bar per model: the µs of each part of one token over HTTP (or in-process without HTTP)."""
+    """A bar per model: the share of each part in one token's time over HTTP (in-process without HTTP), the
+    total at its end, and a tick at the ideal's share (the achieved fraction)."""
     try:
         import matplotlib
 
@@ -640,15 +641,22 @@ def plot(rows: list[Row], path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
     names = [label(r) for r in rows][::-1]
+    parts = {r.model + r.backend: {**r.split, "step, unsplit": r.step if r.matmul is None else None} for r in rows}
+    order = ["matmul", "nodes", "call", "step, unsplit", "draw+loop", "http"]
+    totals = [sum(max(0.0, v or 0.0) for v in parts[r.model + r.backend].values()) for r in rows][::-1]
     left = np.zeros(len(rows))
-    for part in SPLIT:
-        widths = np.array([max(0.0, 1e6 * (r.split[part] or 0.0)) for r in rows][::-1])
-        ax.barh(names, widths, left=left, label=part)
+    for i, part in enumerate(order):
+        widths = 100 * np.array([max(0.0, parts[r.model + r.backend][part] or 0.0) for r in rows][::-1]) / totals
+        if widths.any():
+            ax.barh(names, widths, left=left, label=part, color=f"C{i}")
         left += widths
-    ax.scatter([1e6 * r.ideal for r in rows][::-1], names, marker="|", s=200, color="black", label="ideal", zorder=3)
-    ax.set_xscale("symlog", linthresh=10)
-    ax.set_xlabel("µs per token (batch 1, 1 thread)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.scatter(100 * np.array([r.ideal for r in rows][::-1]) / totals, names, marker="|", s=250, color="black",
+               label="ideal", zorder=3)
+    for y, total in enumerate(totals):
+        ax.text(101, y, f"{1e6 * total:,.0f} µs", va="center", fontsize=8)
+    ax.set_xlim(0, 115)
+    ax.set_xlabel("% of one token's time (batch 1, 1 thread; over HTTP)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=7, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
