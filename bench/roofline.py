@@ -15,10 +15,12 @@ serves), the figures are taken in rounds, in alternation:
   products with a weight row gathered per token that NADE-like steps are made of) and the weight bytes touched
   (whole weights, or the rows a Gather reads; the KV cache attention reads is counted apart). ideal = max(MACs /
   peak, bytes / bandwidth).
-- the split, by subtraction of unprofiled timings: matmul (a graph of only the step's counted nodes, same shapes
-  and weights, inputs bound once, less a one-node graph's run); call (a one-node graph through the backend's
-  call path); nodes = step - matmul - call; draw + loop = app.engine.generation.generate per token - step;
-  HTTP = GET /sample (SSE, chunk 1) per token through a real server - generate per token.
+- the split, by subtraction of unprofiled timings (each the median over rounds of that round's difference):
+  matmul (a graph of only the step's counted nodes, same shapes and weights, inputs bound once, less a one-node
+  graph's run); call (a one-node graph through the backend's call path); nodes = step - matmul - call; draw +
+  loop = app.engine.generation.generate per token - step; HTTP = GET /sample (SSE, chunk 1) per token through
+  a real server - generate per token.
+- node time by op: shares from ONNX Runtime's profiler over one walk (it inflates small kernels: shares only).
 """
 
 from __future__ import annotations
@@ -325,6 +327,15 @@ class Timings:
                 self.rounds.setdefault(name, []).append(seconds())
         return {name: pick(v) for name, v in self.rounds.items()}
 
+    def difference(self, name: str, *minus: str, plus: tuple[str, ...] = ()) -> float | None:
+        """The median over rounds of name - sum(minus) + sum(plus), each round's timings taken together (a
+        drift of the machine's load between rounds cancels); None if a timing is missing."""
+        if any(n not in self.rounds for n in (name, *minus, *plus)):
+            return None
+        per_round = zip(*(self.rounds[n] for n in (name, *minus, *plus)), strict=True)
+        k = 1 + len(minus)
+        return statistics.median(v[0] - sum(v[1:k]) + sum(v[k:]) for v in per_round)
+
 
 def profile_shares(folder: Path, m: Manifest, T: int, threads: int, top: int = 4) -> list[tuple[str, float]]:
     """The op types that take most of the step's node time, with their share in %, from ONNX Runtime's profiler
@@ -436,6 +447,7 @@ class Row:
     http: float | None = None
     matmul: float | None = None  # the counted nodes alone (less a run's fixed cost)
     call: float | None = None
+    parts: dict = field(default_factory=dict)  # the split: part -> seconds (medians of per-round differences)
     chunk_generate: float | None = None  # multi-token path, `CHUNK` positions per call
     chunk_http: float | None = None
     profile: list = field(default_factory=list)  # [(op type, % of node time)], from ONNX Runtime's profiler
@@ -443,9 +455,7 @@ class Row:
 
     @property
     def split(self) -> dict[str, float | None]:
-        inner = None if self.matmul is None else self.step - self.matmul - self.call
-        return {"matmul": self.matmul, "nodes": inner, "call": self.call, "draw+loop": self.generate - self.step,
-                "http": None if self.http is None else self.http - self.generate}
+        return {k: self.parts.get(k) for k in SPLIT}
 
     def achieved(self, seconds: float | None) -> float | None:
         return None if seconds is None else 100 * self.ideal / seconds
@@ -537,13 +547,19 @@ def measure_model(folder: Path, ctx: Context, mach: Machine, client, rounds: int
     ideal, bound = mach.ideal(c.macs, nbytes)
     base = dict(model=m.name, family=m.family, tokens=T, macs=c.macs, weight_bytes=c.weight_bytes,
                 kv_bytes=c.kv_bytes, nodes=c.nodes, by_op=c.by_op, bound=bound, ideal=ideal)
-    rows = [Row(backend="onnx", step=s["step"], generate=s["generate"], http=s.get("http"),
-                matmul=max(0.0, s["matmul"] - s["run"]), call=s["call"], chunk_generate=s.get("chunk_generate"),
-                chunk_http=s.get("chunk_http"), profile=shares, **base)]
+    matmul = max(0.0, t.difference("matmul", "run"))
+    parts = {"matmul": matmul, "nodes": t.difference("step", "matmul", "call", plus=("run",)), "call": s["call"],
+             "draw+loop": t.difference("generate", "step"), "http": t.difference("http", "generate")}
+    rows = [Row(backend="onnx", step=s["step"], generate=s["generate"], http=s.get("http"), matmul=matmul,
+                call=s["call"], parts=parts, chunk_generate=s.get("chunk_generate"), chunk_http=s.get("chunk_http"),
+                profile=shares, **base)]
     if compiled_backend is not None:
         if "compiled_step" in s:
+            parts = {"draw+loop": t.difference("compiled_generate", "compiled_step"),
+                     "http": t.difference("compiled_http", "compiled_generate")}
             rows.append(Row(backend="compiled", step=s["compiled_step"], generate=s["compiled_generate"],
-                            http=s.get("compiled_http"), note="AOTInductor step: no ONNX nodes to split", **base))
+                            http=s.get("compiled_http"), parts=parts, note="AOTInductor step: no ONNX nodes to split",
+                            **base))
         else:
             rows[0].note = f"compiled step: {compiled_backend.status}"
     return rows

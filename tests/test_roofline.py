@@ -61,7 +61,7 @@ def test_quick_section_on_nade(tmp_path):
     assert 0 < row["call"] < row["step"] < row["generate"] < row["http"]
     assert 0 < row["achieved_http"] < row["achieved_step"] < 100
     split = row["split"]
-    assert sum(split.values()) == pytest.approx(row["http"])  # the parts add up to the token's time over HTTP
+    assert sum(split.values()) == pytest.approx(row["http"], rel=0.05)  # the parts add up to the time over HTTP
     assert row["chunk_generate"] > 0 and row["chunk_http"] > 0  # NADE ships the multi-token graph
     for f in record["figures"]:
         assert math.isfinite(f["value"]) and f["unit"], f
