@@ -641,7 +641,28 @@ def markdown(rows: list[Row], mach: Machine, meta: dict) -> str:
            f"**{mach.gbs_l2:.1f} GB/s**. Times in µs per token, medians of {meta['repeats']} rounds taken in "
            "alternation; the split is by subtraction (docs/roofline.md).", "", *table(rows), ""]
     notes = [f"- {label(r)}: {r.note}" for r in rows if r.note]
-    return "\n".join(out + notes + ([""] if notes else []))
+    compact = ["## One row per family", "", "Each family's largest model by its fastest shipped path over HTTP (chunk "
+               "1), and the two largest parts of its token's time besides the counted arithmetic.", "",
+               *family_table(rows), ""]
+    return "\n".join(out + notes + ([""] if notes else []) + compact)
+
+
+def family_table(rows: list[Row]) -> list[str]:
+    """One row per family: its largest model (most multiply-adds per token), by its fastest path over HTTP (or
+    in-process without HTTP). The README's table."""
+    best: dict[str, Row] = {}
+    for r in rows:
+        key = lambda x: (-x.macs, x.http if x.http is not None else x.generate)  # noqa: E731
+        if r.family not in best or key(r) < key(best[r.family]):
+            best[r.family] = r
+    out = ["| family (model) | MACs/token | bound | ideal µs | step µs | HTTP µs/token | achieved: step / HTTP | "
+           "most of the rest, µs |", "|---|---:|---|---:|---:|---:|---:|---|"]
+    for family, r in sorted(best.items()):
+        others = sorted(((v, k) for k, v in r.split.items() if k != "matmul" and v is not None), reverse=True)
+        top = " · ".join(f"{k} {us(v)}" for v, k in others[:2]) or "—"
+        out.append(f"| {family} ({label(r)}) | {r.macs:,} | {r.bound} | {us(r.ideal)} | {us(r.step)} | "
+                   f"{us(r.http)} | {pct(r.achieved(r.step))} / {pct(r.achieved(r.http))} | {top} |")
+    return out
 
 
 def plot(rows: list[Row], path: Path) -> bool:
@@ -762,20 +783,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--compile-cache", type=Path, help="compiled steps (default $ARSERVE_COMPILE_CACHE or "
                                                        "/tmp/arserve-compiled); built there when missing")
+    ap.add_argument("--from", dest="saved", type=Path, help="a saved roofline.json: write its table and plot "
+                                                                "again, measuring nothing")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    with only(args.exported.resolve(), args.models) as exported:
-        ctx = Context(exported, args.quick, args.threads, args.repeats)
-        rows, mach, meta = measure(ctx, args.http, args.compile_cache)
-    meta["command"] = "python -m bench.roofline " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.saved:
+        record = json.loads(args.saved.read_text())
+        names = set(Row.__dataclass_fields__)
+        rows = [Row(**{k: v for k, v in r.items() if k in names}) for r in record["rows"]]
+        mach, meta = Machine(**record["machine"]), record["meta"]
+    else:
+        with only(args.exported.resolve(), args.models) as exported:
+            ctx = Context(exported, args.quick, args.threads, args.repeats)
+            rows, mach, meta = measure(ctx, args.http, args.compile_cache)
+        meta["command"] = "python -m bench.roofline " + " ".join(argv if argv is not None else sys.argv[1:])
+        record = {"meta": meta, "machine": asdict(mach),
+                  "rows": [{**asdict(r), "split": r.split, "achieved_step": r.achieved(r.step),
+                            "achieved_http": r.achieved(r.http)} for r in rows],
+                  "figures": [f.to_json() for f in figures(rows, mach, ctx)]}
+        (args.out / "roofline.json").write_text(json.dumps(record, indent=1) + "\n")
     report = markdown(rows, mach, meta)
     (args.out / "roofline.md").write_text(report)
-    record = {"meta": meta, "machine": asdict(mach),
-              "rows": [{**asdict(r), "split": r.split, "achieved_step": r.achieved(r.step),
-                        "achieved_http": r.achieved(r.http)} for r in rows],
-              "figures": [f.to_json() for f in figures(rows, mach, ctx)]}
-    (args.out / "roofline.json").write_text(json.dumps(record, indent=1) + "\n")
     plot(rows, args.out / "roofline.png")
     print(report)
     return 0

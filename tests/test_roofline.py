@@ -66,3 +66,8 @@ def test_quick_section_on_nade(tmp_path):
     for f in record["figures"]:
         assert math.isfinite(f["value"]) and f["unit"], f
     assert "| nade-mnist | nade | 1,000 |" in (tmp_path / "roofline.md").read_text()
+    # the report again from the saved JSON, measuring nothing: the same table, and the README's row
+    again = tmp_path / "again"
+    assert roofline.main(["--from", str(tmp_path / "roofline.json"), "--out", str(again)]) == 0
+    text = (again / "roofline.md").read_text()
+    assert text == (tmp_path / "roofline.md").read_text() and "| nade (nade-mnist) | 1,000 | bytes |" in text
