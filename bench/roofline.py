@@ -141,6 +141,9 @@ def node_macs(node: onnx.NodeProto, values: dict[str, np.ndarray], producer: dic
         return out.size * int(np.prod(shape(1)[1:])), 0
     if op == "Einsum":  # a contraction: one multiply-add per combination of its indices
         terms = attrs["equation"].decode().replace(" ", "").split("->")[0].split(",")
+        if any("." in term or len(term) != len(shape(i)) for i, term in enumerate(terms)):
+            log.warning("%s: Einsum %s with an ellipsis: not counted", node.name, attrs["equation"])
+            return 0, 0
         sizes = {}
         for i, term in enumerate(terms):
             sizes.update(zip(term, shape(i), strict=True))
@@ -313,7 +316,10 @@ class Timings:
         self.rounds: dict[str, list[float]] = {}
         self.jobs: list[tuple[str, Callable[[], float]]] = []
 
-    def add(self, name: str, seconds: Callable[[], float]) -> None:
+    def add(self, name: str, seconds: Callable[[], float], warm: bool = False) -> None:
+        """warm: one untimed call first (a server loads a backend at its first request)."""
+        if warm:
+            seconds()
         self.jobs.append((name, seconds))
 
     def tiny(self, name: str, fn: Callable[[], object]) -> None:
@@ -527,12 +533,12 @@ def measure_model(folder: Path, ctx: Context, mach: Machine, client, rounds: int
     t.add("step", step_walk(backend, m, T))
     t.add("generate", generate_seconds(backend, m, T))
     if client is not None:
-        t.add("http", http_seconds(client, m, T))
+        t.add("http", http_seconds(client, m, T), warm=True)
     multi = m.multi_step is not None
     if multi:
         t.add("chunk_generate", generate_seconds(backend, m, T, CHUNK))
         if client is not None:
-            t.add("chunk_http", http_seconds(client, m, T, CHUNK))
+            t.add("chunk_http", http_seconds(client, m, T, CHUNK), warm=True)
     compiled_backend = None
     if compiled_cache is not None and m.step_program is not None:
         compiled_backend = backends.CompiledBackend(folder, m, ctx.threads, mode="cached", cache=compiled_cache)
@@ -540,7 +546,7 @@ def measure_model(folder: Path, ctx: Context, mach: Machine, client, rounds: int
             t.add("compiled_step", step_walk(compiled_backend, m, T))
             t.add("compiled_generate", generate_seconds(compiled_backend, m, T))
             if client is not None:
-                t.add("compiled_http", http_seconds(client, m, T, backend="compiled"))
+                t.add("compiled_http", http_seconds(client, m, T, backend="compiled"), warm=True)
     s = t.run(rounds)
     shares = profile_shares(folder, m, T, ctx.threads)
     nbytes = c.weight_bytes + c.kv_bytes
