@@ -54,6 +54,7 @@ log = logging.getLogger("bench.roofline")
 
 TOKENS = {False: 256, True: 32}  # quick -> tokens per generation of variable-length models (fixed: their length)
 QUICK_REPEATS = 2
+PROFILE_TOKENS = 256  # positions of the profiled walk (shares only)
 CHUNK = 64  # positions per call on the multi-token path (manifest multi_step)
 BATCH_SECONDS = 0.01  # a timed batch of tiny calls lasts about this long
 SGEMM_N = 512  # compute peak: an N x N x N MatMul
@@ -468,9 +469,10 @@ class Row:
 
 
 def tokens_of(m: Manifest, quick: bool) -> int:
-    """Tokens per timed generation: variable-length models draw TOKENS, fixed-length ones a whole sample (all the
-    server draws for them)."""
-    return min(m.length, TOKENS[quick]) if m.variable_length else m.length
+    """Tokens per timed generation in-process: variable-length models draw TOKENS, fixed-length ones a whole
+    sample (all the server draws for them), except in quick mode (TOKENS; their HTTP figure stays a whole sample,
+    per token)."""
+    return min(m.length, TOKENS[quick]) if m.variable_length or quick else m.length
 
 
 def step_walk(backend, m: Manifest, T: int) -> Callable[[], float]:
@@ -501,8 +503,9 @@ def generate_seconds(backend, m: Manifest, T: int, chunk: int = 1) -> Callable[[
 
 
 def http_seconds(client, m: Manifest, T: int, chunk: int = 1, backend: str = "onnx") -> Callable[[], float]:
-    """Seconds per token of one GET /sample stream (SSE) through the server, read to its end."""
-    max_len = T if m.variable_length else None
+    """Seconds per token of one GET /sample stream (SSE) of T tokens through the server, read to its end (of a
+    whole sample for fixed-length models)."""
+    max_len, T = (T, T) if m.variable_length else (None, m.length)
 
     def seconds() -> float:
         t0 = time.perf_counter()
@@ -533,12 +536,12 @@ def measure_model(folder: Path, ctx: Context, mach: Machine, client, rounds: int
     t.add("step", step_walk(backend, m, T))
     t.add("generate", generate_seconds(backend, m, T))
     if client is not None:
-        t.add("http", http_seconds(client, m, T), warm=True)
+        t.add("http", http_seconds(client, m, T), warm=not ctx.quick)
     multi = m.multi_step is not None
     if multi:
         t.add("chunk_generate", generate_seconds(backend, m, T, CHUNK))
         if client is not None:
-            t.add("chunk_http", http_seconds(client, m, T, CHUNK), warm=True)
+            t.add("chunk_http", http_seconds(client, m, T, CHUNK), warm=not ctx.quick)
     compiled_backend = None
     if compiled_cache is not None and m.step_program is not None:
         compiled_backend = backends.CompiledBackend(folder, m, ctx.threads, mode="cached", cache=compiled_cache)
@@ -546,9 +549,9 @@ def measure_model(folder: Path, ctx: Context, mach: Machine, client, rounds: int
             t.add("compiled_step", step_walk(compiled_backend, m, T))
             t.add("compiled_generate", generate_seconds(compiled_backend, m, T))
             if client is not None:
-                t.add("compiled_http", http_seconds(client, m, T, backend="compiled"), warm=True)
+                t.add("compiled_http", http_seconds(client, m, T, backend="compiled"), warm=True)  # loads it
     s = t.run(rounds)
-    shares = profile_shares(folder, m, T, ctx.threads)
+    shares = profile_shares(folder, m, min(T, PROFILE_TOKENS), ctx.threads)
     nbytes = c.weight_bytes + c.kv_bytes
     ideal, bound = mach.ideal(c.macs, nbytes)
     base = dict(model=m.name, family=m.family, tokens=T, macs=c.macs, weight_bytes=c.weight_bytes,
