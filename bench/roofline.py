@@ -806,7 +806,7 @@ def main(argv: list[str] | None = None) -> int:
         with only(args.exported.resolve(), args.models) as exported:
             ctx = Context(exported, args.quick, args.threads, args.repeats)
             rows, mach, meta = measure(ctx, args.http, args.compile_cache)
-        meta["command"] = "python -m bench.roofline " + " ".join(argv if argv is not None else sys.argv[1:])
+        meta["command"] = " ".join(["python -m bench.roofline", *(argv if argv is not None else sys.argv[1:])])
         record = {"meta": meta, "machine": asdict(mach),
                   "rows": [{**asdict(r), "split": r.split, "achieved_step": r.achieved(r.step),
                             "achieved_http": r.achieved(r.http)} for r in rows],
