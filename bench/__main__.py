@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import Context, Figure, machine
+from bench.common import Context, Figure, machine, prepare_compiled
 from bench.single import BASELINE
 
 SECTIONS = {  # name -> (module, function); served also reports wavenet (one server for both)
@@ -39,8 +39,9 @@ SECTIONS = {  # name -> (module, function); served also reports wavenet (one ser
     "served": ("bench.served", "run"),
     "peer": ("bench.peer", "run"),
     "single": ("bench.single", "run"),
+    "roofline": ("bench.roofline", "run"),
 }
-ORDER = ["generation", "backends", "served", "wavenet", "peer", "single"]  # of the report's tables
+ORDER = ["generation", "backends", "served", "wavenet", "peer", "single", "roofline"]  # of the report's tables
 
 
 def fmt(value: float, unit: str) -> str:
@@ -140,34 +141,6 @@ def listing(figures: list[Figure]) -> list[str]:
     return lines
 
 
-def prepare_compiled(ctx: Context, build: bool) -> dict[str, str]:
-    """model -> how the servers of this run step it: "compiled" (a build for this machine is in the cache, made
-    now if `build`) or "onnx: why not". Builds take minutes, once per machine and artifact."""
-    from app.runtime import compiled
-    from app.runtime.manifest import load_manifest
-
-    cache = Path(os.environ.get("ARSERVE_COMPILE_CACHE") or compiled.default_cache())
-    out = {}
-    for folder in ctx.models():
-        m = load_manifest(folder)
-        if m.step_program is None:
-            continue
-        why = "--compile off" if os.environ["ARSERVE_COMPILE"] == "off" else compiled.why_not(m)
-        if not why and build and compiled.cached(folder, m, cache) is None:
-            why = compiled.why_no_build(m)
-            if not why:
-                logging.info("%s: compiling its step into %s (once per machine: minutes)", m.name, cache)
-                try:
-                    compiled.build_in_child(folder, cache)
-                except compiled.CompileUnavailable as e:
-                    why = str(e)
-        if not why and compiled.cached(folder, m, cache) is None:
-            why = f"no build in {cache} (--compile build, or `arserve compile`)"
-        out[m.name] = "compiled" if not why else f"onnx: {why}"
-        logging.info("%s steps %s in this run", m.name, out[m.name])
-    return out
-
-
 def families(ctx: Context) -> dict[str, tuple[str, str]]:
     """model name -> (family, modality), from the manifests."""
     out = {}
@@ -203,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: list[Figure] = []
     skipped: dict[str, str] = {}
     os.environ["ARSERVE_COMPILE"] = "off" if args.compile == "off" else "cached"  # what the servers started do
-    compiled_steps = prepare_compiled(ctx, build=args.compile == "build")
+    compiled_steps = prepare_compiled(ctx.models(), build=args.compile == "build")
     for name in args.sections:
         if name == "single" and ctx.baseline is None:
             skipped[name] = "--baseline none"

@@ -8,6 +8,7 @@ always computed from two timings taken in the same process run.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import socket
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -157,3 +159,37 @@ def server_process(model_dir: Path, threads: int = 1, nofile: int | None = None,
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def compile_cache() -> Path:
+    """Where the servers started here find compiled steps: the server's own default, or ARSERVE_COMPILE_CACHE."""
+    from app.runtime import compiled
+
+    return Path(os.environ.get("ARSERVE_COMPILE_CACHE") or compiled.default_cache())
+
+
+def prepare_compiled(folders: list[Path], build: bool) -> dict[str, str]:
+    """model -> how the servers started here step it: "compiled" (a build for this machine is in compile_cache(),
+    made now if `build`: minutes, once per machine and artifact) or "onnx: why not". ARSERVE_COMPILE=off: none."""
+    from app.runtime import compiled
+    from app.runtime.manifest import load_manifest
+
+    cache, out = compile_cache(), {}
+    for folder in folders:
+        m = load_manifest(folder)
+        if m.step_program is None:
+            continue
+        why = "ARSERVE_COMPILE=off" if os.environ.get("ARSERVE_COMPILE") == "off" else compiled.why_not(m)
+        if not why and build and compiled.cached(folder, m, cache) is None:
+            why = compiled.why_no_build(m)
+            if not why:
+                log.info("%s: compiling its step into %s (once per machine: minutes)", m.name, cache)
+                try:
+                    compiled.build_in_child(folder, cache)
+                except compiled.CompileUnavailable as e:
+                    why = str(e)
+        if not why and compiled.cached(folder, m, cache) is None:
+            why = f"no build in {cache} (`arserve compile`, or python -m bench --compile build)"
+        out[m.name] = "compiled" if not why else f"onnx: {why}"
+        log.info("%s steps %s here", m.name, out[m.name])
+    return out

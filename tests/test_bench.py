@@ -14,7 +14,7 @@ import sys
 import pytest
 from conftest import ROOT, meta_for
 
-SECTIONS = {"generation", "backends", "served", "wavenet", "peer"}
+SECTIONS = {"generation", "backends", "served", "wavenet", "peer", "roofline"}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_bench_quick_report(tiny_exported, tmp_path):
     report = json.loads((tmp_path / "quick.json").read_text())
     # `single` serves the shipped models beside an older commit's: tests/test_bench_load.py covers that client
     assert report["meta"]["mode"] == "quick" and report["meta"]["skipped"] == {"single": "--baseline none"}
-    assert report["meta"]["compiled_steps"] == {"tiny-wavenet": "onnx: --compile off"}  # conftest: ARSERVE_COMPILE
+    assert report["meta"]["compiled_steps"] == {"tiny-wavenet": "onnx: ARSERVE_COMPILE=off"}  # as conftest sets
     figures = report["figures"]
     assert {f["section"] for f in figures} == SECTIONS
     for f in figures:
