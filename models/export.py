@@ -49,6 +49,7 @@ from models import multistep
 from models.base import ARModel, exporting_onnx, params_log_prob
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.runtimes import EagerRuntime, OnnxRuntime, ProgramRuntime, Runtime, TorchScriptRuntime, step_loop
+from models.stepgraph import fuse_step_graph
 
 OPSET = 17  # LayerNormalization and the opset-17 reductions; every onnxruntime since 1.12 runs it
 CONTRIB_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib ops: GroupQueryAttention for the attention caches
@@ -351,6 +352,7 @@ def _write_onnx(model: ARModel, folder: Path) -> dict[str, onnx.ModelProto]:
                     + [(n, _DTYPES[d], ["batch", *s]) for n, s, d in spec])
     for n in ("score", "step"):
         (folder / f"{n}.tmp.onnx").unlink()
+    fuse_step_graph(step.graph)  # what ONNX Runtime's optimizer leaves per token (models/stepgraph.py)
     return {"score.onnx": score, "step.onnx": step}
 
 

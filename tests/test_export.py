@@ -379,3 +379,49 @@ def test_cli_exits_nonzero_with_the_message(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "not a readable torch checkpoint" in proc.stderr
+
+
+def _step_ops(folder: Path) -> list[str]:
+    return [n.op_type for n in onnx.load(str(folder / "step.onnx"), load_external_data=False).graph.node]
+
+
+def _seeded_draws(folder: Path) -> list:
+    from app.engine.generation import SampleSpec, generate
+    from app.runtime.backends import load
+
+    m = load_manifest(folder)
+    specs = [SampleSpec(max_new=m.length - 1, prefix=np.zeros(0, np.int64), seed=s) for s in range(3)]
+    gens = generate(load("onnx", folder, m, 1), specs, False, m.token_dtype)
+    return [(g.tokens, g.logprobs) for g in gens]
+
+
+def test_the_step_graph_is_rewritten_and_an_old_one_upgraded_alone(artifacts, tmp_path, monkeypatch):
+    """Fresh exports carry models/stepgraph.py's rewrites; `models.upgrade --step-graph` applies them to a folder
+    exported without them, changing step.onnx and its manifest entry only, with the same seeded draws."""
+    import models.export as export
+    from models.upgrade import main as upgrade_main
+    from models.upgrade import upgrade_step_graph
+
+    fresh = _step_ops(artifacts / "tiny-transformer")
+    assert "GroupQueryAttention" in fresh and not {"Split", "ConstantOfShape", "ReduceMax"} & set(fresh)
+    model = models.tiny("transformer")
+    monkeypatch.setattr(export, "fuse_step_graph", lambda graph: [])  # a folder from before the rewrites
+    folder = tmp_path / "old-transformer"
+    export.export_model(model, folder, export.placeholder_meta(model, "old-transformer"))
+    monkeypatch.undo()
+    assert {"Split", "ConstantOfShape", "ReduceMax"} <= set(_step_ops(folder))
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    draws = _seeded_draws(folder)
+
+    assert upgrade_step_graph(folder) == ["2 packed qkv", "2 constant total", "1 scalar fill"]
+    after = {f.name: f.read_bytes() for f in folder.iterdir()}
+    assert after.keys() == before.keys()
+    assert {f for f in after if after[f] != before[f]} == {"step.onnx", "manifest.json"}
+    assert load_manifest(folder).export["step_graph"]["rewrites"][0] == "2 packed qkv"  # sha256s checked on load
+    ops = _step_ops(folder)
+    assert ops.count("GroupQueryAttention") == 2 and not {"Split", "ConstantOfShape", "ReduceMax"} & set(ops)
+    upgraded = _seeded_draws(folder)
+    for (tokens, lps), (want_tokens, want_lps) in zip(upgraded, draws, strict=True):
+        assert tokens == want_tokens and lps == want_lps  # the same arithmetic: the same bits
+    assert upgrade_main(["--step-graph", str(folder)]) == 0  # nothing left to rewrite: the folder stays
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == after

@@ -110,3 +110,37 @@ def test_verify_checks_the_slots_a_step_writes(artifacts, tmp_path, family, back
     m = load_manifest(wrong)
     check = check_state(load(backend_name, wrong, m, 1), m)
     assert not check.passed and "outside its declared slots" in check.detail
+
+
+def test_a_kept_binding_follows_the_callers_buffers(artifacts):
+    """The ONNX backend keeps its binding (and a params buffer of its own) while the caller passes the same
+    arrays, and binds anew for other arrays, new views of other rows or after release: every step gives the
+    params and cache writes of a binding made for that call alone, and params it returned stay as returned."""
+    folder = artifacts / "tiny-transformer"
+    m = load_manifest(folder)
+    kept, fresh = load("onnx", folder, m, 1), load("onnx", folder, m, 1)
+    rng = np.random.default_rng(0)
+    ours = [kept.init_state(3) for _ in range(2)]
+    theirs = [[a.copy() for a in s] for s in ours]
+    pos = np.zeros((2, 3), dtype=np.int64)
+    same = [buf[1:3] for buf in ours[0]]  # one list of views, passed again and again
+    plan = [(0, 1, 3, same)] * 3 + [(0, 0, 1, None), (0, 1, 3, same), (1, 0, 3, None), (0, 1, 3, None),
+                                    (0, 1, 3, same), "release", (0, 1, 3, same), (1, 0, 2, None)]
+    returned = []
+    for item in plan:
+        if item == "release":
+            kept.release()
+            continue
+        b, lo, hi, views = item
+        views = views or [buf[lo:hi] for buf in ours[b]]
+        x_prev = rng.integers(0, m.vocab_size, hi - lo)
+        at = pos[b, lo:hi].copy()
+        params, _ = kept.step(x_prev, at, views)
+        fresh.release()
+        want, _ = fresh.step(x_prev, at, [buf[lo:hi] for buf in theirs[b]])
+        assert np.array_equal(params, want)
+        returned.append((params, params.copy()))
+        pos[b, lo:hi] += 1
+        for a, w in zip(ours[b], theirs[b], strict=True):
+            assert np.array_equal(a, w)
+    assert all(np.array_equal(p, copy) for p, copy in returned)

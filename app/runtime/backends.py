@@ -11,6 +11,7 @@ bound as the graph's input and output, TorchScript writes the tensor it was give
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 import warnings
 from pathlib import Path
@@ -72,38 +73,68 @@ class BoundStep:
     """step.onnx runs with "slots" state tensors bound as both input and output over the caller's arrays, so
     that the graph's in-place ops (GroupQueryAttention's shared KV buffer, ScatterElements) write the caller's
     buffer and nothing is copied. The binding is kept between runs while the caller passes the same buffers
-    (binding an output costs tens of µs); only x_prev and pos are bound anew."""
+    (binding an output costs tens of µs); only x_prev and pos are bound anew.
+
+    Per call it costs a few µs on top of the run (a lone Transformer stream's step is ~150 µs): the caller's
+    arrays are checked by identity first (the engine passes the same views while its rows stay put; reading a
+    data pointer costs ~1 µs an array), and with only "slots" tensors the params are written into a buffer of
+    ours bound as the output, so that no output list is fetched (~8 µs for 9 outputs)."""
 
     def __init__(self, session, io, spec: list[StateTensor]):
         self.session, self.io, self.spec = session, io, spec
+        self.all_slots = all(s.update == "slots" for s in spec)
         self.key: tuple | None = None
         self.binding = None
+        self.arrays: list[np.ndarray] = []  # the state arrays bound now (held, so that their memory stays)
+        self.params: np.ndarray | None = None  # the bound params output, once its shape is known
 
-    def __call__(self, x_prev, pos, state) -> tuple[np.ndarray, list[np.ndarray]]:
+    def _same_arrays(self, state) -> bool:
+        return (len(state) == len(self.arrays) and all(map(operator.is_, state, self.arrays))
+                and all(a.shape == k[1] for a, k in zip(state, self.key, strict=True)))
+
+    def _bind(self, state, key: tuple) -> None:
         import onnxruntime as ort
 
-        key = tuple((a.__array_interface__["data"][0], a.shape) for a in state)
-        if key != self.key:
-            self.binding, self.key = self.session.io_binding(), key
-            self.binding.bind_output(self.io.step_outputs[0])
-            for s, name, out, value in zip(self.spec, self.io.step_inputs[2:], self.io.step_outputs[1:], state,
-                                           strict=True):
-                if s.update == "slots":
-                    shared = ort.OrtValue.ortvalue_from_numpy(value)  # wraps the array's memory (CPU): no copy
-                    self.binding.bind_ortvalue_input(name, shared)
-                    self.binding.bind_ortvalue_output(out, shared)
-                else:
-                    self.binding.bind_cpu_input(name, value)  # backed by the array's memory, read at each run
-                    self.binding.bind_output(out)
+        self.binding, self.key, self.params = self.session.io_binding(), key, None
+        self.binding.bind_output(self.io.step_outputs[0])
+        for s, name, out, value in zip(self.spec, self.io.step_inputs[2:], self.io.step_outputs[1:], state,
+                                       strict=True):
+            if s.update == "slots":
+                shared = ort.OrtValue.ortvalue_from_numpy(value)  # wraps the array's memory (CPU): no copy
+                self.binding.bind_ortvalue_input(name, shared)
+                self.binding.bind_ortvalue_output(out, shared)
+            else:
+                self.binding.bind_cpu_input(name, value)  # backed by the array's memory, read at each run
+                self.binding.bind_output(out)
+
+    def __call__(self, x_prev, pos, state) -> tuple[np.ndarray, list[np.ndarray]]:
+        if not self._same_arrays(state):
+            key = tuple((a.__array_interface__["data"][0], a.shape) for a in state)
+            if key != self.key:
+                self._bind(state, key)
+            self.arrays = list(state)
         self.binding.bind_cpu_input(self.io.step_inputs[0], x_prev)
         self.binding.bind_cpu_input(self.io.step_inputs[1], pos)
         self.session.run_with_iobinding(self.binding)
+        if self.params is not None:
+            return self.params.copy(), list(state)
         # In binding order: params, then the state tensors. The binding keeps its output buffers for the next run,
         # so what is returned is copied out (params and "replace" tensors: small).
         outputs = self.binding.get_outputs()
+        params = np.array(outputs[0].numpy())
+        if self.all_slots:  # from now on ORT writes the params into a buffer of ours: no outputs to fetch
+            import onnxruntime as ort
+
+            self.params = params.copy()
+            self.binding.bind_ortvalue_output(self.io.step_outputs[0], ort.OrtValue.ortvalue_from_numpy(self.params))
         new = [value if s.update == "slots" else np.array(o.numpy())
                for s, value, o in zip(self.spec, state, outputs[1:], strict=True)]
-        return np.array(outputs[0].numpy()), new
+        return params, new
+
+    def release(self) -> None:
+        """Forget the binding and the arrays it holds."""
+        self.key = self.binding = self.params = None
+        self.arrays = []
 
 
 class MultiStepRunner:
@@ -166,7 +197,7 @@ class OnnxBackend:
     def release(self) -> None:
         """Forget the kept binding (it holds the caller's buffers)."""
         if self.bound_step is not None:
-            self.bound_step.key = self.bound_step.binding = None
+            self.bound_step.release()
 
     def step(self, x_prev, pos, state):
         if self.bound_step is not None:
