@@ -157,7 +157,8 @@ def node_macs(node: onnx.NodeProto, values: dict[str, np.ndarray], producer: dic
     if op == "GroupQueryAttention":  # q.k over the positions so far, then p.v
         batch, tokens, _ = shape(0)
         _, kv_heads, _, head = shape(3)
-        total = int(values[node.input[6]].reshape(-1)[0])
+        # the positions attended to: seqlens_k + 1 (the total_sequence_length input may be the buffer's length)
+        total = int(values[node.input[5]].reshape(-1)[0]) + 1
         return (2 * batch * tokens * attrs["num_heads"] * total * head,
                 2 * batch * kv_heads * total * head * values[node.input[3]].itemsize)
     if op == "Mul" and any(gathered_weight(i, producer, const) for i in node.input):

@@ -89,7 +89,7 @@ class BoundStep:
         self.params: np.ndarray | None = None  # the bound params output, once its shape is known
 
     def _same_arrays(self, state) -> bool:
-        return (len(state) == len(self.arrays) and all(map(operator.is_, state, self.arrays))
+        return (self.key is not None and len(state) == len(self.arrays) and all(map(operator.is_, state, self.arrays))
                 and all(a.shape == k[1] for a, k in zip(state, self.key, strict=True)))
 
     def _bind(self, state, key: tuple) -> None:
