@@ -59,11 +59,12 @@ def fmt(value: float, unit: str) -> str:
 TARGETS = [
     ("#19 char-Transformer, 1 stream through HTTP vs the baseline commit",
      "transformer-shakespeare 1 stream / baseline", None, ("min", 2.0), None),
-    ("#19 char-Transformer /sample over HTTP vs HF generate, batch 1", "arserve / HF batch 1", None, ("min", 8.0),
-     None),
+    ("#19 char-Transformer, 1 stream through HTTP vs HF generate, batch 1",
+     "transformer-shakespeare 1 stream / HF generate batch 1", None, ("min", 8.0), None),
     ("#19 WaveNet real-time factor, 1 stream through HTTP, chunk 128", "{model} 1 stream real time", "wavenet",
      ("min", 1.0), 1.5),
-    ("#19 time to first token through HTTP, text models, ms", "{model} 1 stream ttft", "text", ("max", 5), None),
+    ("#19 time to first token through HTTP (raw socket), text models, ms", "{model} 1 stream ttft, raw socket",
+     "text", ("max", 5), None),
     ("WaveNet real-time factor, 1 stream through HTTP", "{model} 1 stream http", "wavenet", ("min", 0.5), 1.0),
     ("WaveNet real-time factor, 16 streams through HTTP", "{model} 16 streams http", "wavenet", ("min", 4.0), None),
     ("cached / naive, WaveNet (onnxruntime)", "{model} cached / naive (onnxruntime)", "wavenet", ("min", 20), None),
@@ -141,6 +142,17 @@ def listing(figures: list[Figure]) -> list[str]:
     return lines
 
 
+def across_sections(figures: list[Figure]) -> list[Figure]:
+    """Ratios of figures that two sections measured in this run: one char-Transformer stream through HTTP
+    (`single`: bench.load's client, the shape of `peer`'s: 255 tokens, top_k 40) over HF generate at batch 1."""
+    by_name = {f.name: f for f in figures}
+    ours, hf = by_name.get("transformer-shakespeare 1 stream"), by_name.get("HF generate batch 1")
+    if ours is None or hf is None or ours.config.get("tokens") != hf.config.get("tokens"):  # (--quick: not alike)
+        return []
+    return [Figure("single", "transformer-shakespeare 1 stream / HF generate batch 1", ours.value / hf.value, "x",
+                   {**ours.config, "hf": hf.value, "hf_tokens": hf.config.get("tokens")})]
+
+
 def families(ctx: Context) -> dict[str, tuple[str, str]]:
     """model name -> (family, modality), from the manifests."""
     out = {}
@@ -192,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         if not found:
             skipped[name] = "no model of this kind in the exported folder"
         figures += found
+    figures += across_sections(figures)
     mode = "quick" if args.quick else "full"
     meta = {"mode": mode, "command": "python -m " + " ".join(["bench", *(argv if argv is not None else sys.argv[1:])]),
             "machine": machine(), "threads": args.threads, "seconds": time.perf_counter() - t0,
