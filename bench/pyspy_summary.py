@@ -16,7 +16,8 @@ import re
 
 IDLE = ("select (selectors.py", "wait (threading.py", "_wait_for_jobs", "get (queue.py", "_worker (concurrent")
 LAYERS = [
-    ("ONNX Runtime / model", ("run_with_iobinding", "onnxruntime", "InferenceSession.run", "log_prob (app/runtime")),
+    ("ONNX Runtime / model", ("run_with_iobinding", "onnxruntime", "InferenceSession.run", "log_prob (app/runtime",
+                              "direct_run")),  # (the step's session.run without the wrapper: app/runtime/backends.py)
     ("h11 parse/write", ("h11", "httptools")),
     ("uvicorn", ("uvicorn",)),
     ("starlette/fastapi", ("starlette", "fastapi")),
