@@ -8,6 +8,7 @@ always computed from two timings taken in the same process run.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import platform
@@ -193,3 +194,10 @@ def prepare_compiled(folders: list[Path], build: bool) -> dict[str, str]:
         out[m.name] = "compiled" if not why else f"onnx: {why}"
         log.info("%s steps %s here", m.name, out[m.name])
     return out
+
+
+def write_report(out: str | Path, data: dict, md: str) -> None:
+    """A standalone benchmark's report: <out>.json (every figure) and <out>.md (its table), the table printed."""
+    Path(f"{out}.json").write_text(json.dumps(data, indent=2) + "\n")
+    Path(f"{out}.md").write_text(md)
+    print(md)

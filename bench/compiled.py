@@ -19,7 +19,6 @@ The machine is shared: compare the two columns of one run, not runs. Results: be
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
@@ -33,7 +32,7 @@ import numpy as np
 from app.runtime import compiled
 from app.runtime.backends import CompiledBackend, OnnxBackend
 from app.runtime.manifest import load_manifest
-from bench.common import server_process
+from bench.common import server_process, write_report
 
 log = logging.getLogger("bench.compiled")
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,10 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         results["models"][name] = r
     command = "python -m bench.compiled " + " ".join(argv if argv is not None else sys.argv[1:])
     results["command"] = command
-    Path(args.out + ".json").write_text(json.dumps(results, indent=2) + "\n")
-    md = markdown(results, command)
-    Path(args.out + ".md").write_text(md)
-    print(md)
+    write_report(args.out, results, markdown(results, command))
     return 0
 
 

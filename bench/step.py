@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import numpy as np
 from app.engine import generation as now_generation
 from app.runtime import backends as now_backends
 from app.runtime.manifest import load_manifest
+from bench.common import write_report
 from bench.state import checkout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,11 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     command = "python -m bench.step " + " ".join(argv if argv is not None else sys.argv[1:])
     results = run(args.baseline, args.models, args.rounds, args.tokens)
-    Path(args.out + ".json").write_text(json.dumps({"command": command, "baseline": args.baseline,
-                                                    "results": results}, indent=2) + "\n")
-    md = markdown(results, command)
-    Path(args.out + ".md").write_text(md)
-    print(md)
+    write_report(args.out, {"command": command, "baseline": args.baseline, "results": results},
+                 markdown(results, command))
     return 0
 
 
