@@ -89,8 +89,9 @@ class BoundStep:
         self.params: np.ndarray | None = None  # the bound params output, once its shape is known
 
     def _same_arrays(self, state) -> bool:
-        return (self.key is not None and len(state) == len(self.arrays) and all(map(operator.is_, state, self.arrays))
-                and all(a.shape == k[1] for a, k in zip(state, self.key, strict=True)))
+        """The very arrays bound now (an array's memory and shape stay with the object)."""
+        return (self.binding is not None and len(state) == len(self.arrays)
+                and all(map(operator.is_, state, self.arrays)))
 
     def _bind(self, state, key: tuple) -> None:
         import onnxruntime as ort
